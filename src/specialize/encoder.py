@@ -71,7 +71,9 @@ def load_encoder(
 ) -> Encoder:
     """Load ``name`` (HF id, path or bundled:alias) as a SentenceTransformer on ``backend``."""
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # our own bar reports the work that matters
     backend = resolve_backend(backend)
     if backend not in BACKENDS:
         raise SpecializeError(f"backend {backend!r}: choose one of auto, {', '.join(BACKENDS)}")

@@ -86,14 +86,13 @@ def score_run(qrels: Qrels, run: Run) -> dict[str, float]:
     """Mean nDCG@10, Recall@100 and MRR@10 over the judged queries, on a 0-1 scale."""
     import pytrec_eval
 
-    judged = {qid: rels for qid, rels in qrels.items() if qid in run}
-    if not judged:
+    if not any(qid in run for qid in qrels):
         raise SpecializeError("no judged query has results: query ids of the run and the qrels do not match")
-    per_query = pytrec_eval.RelevanceEvaluator(judged, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
     top10 = {qid: dict(sorted(hits.items(), key=lambda kv: -kv[1])[:10]) for qid, hits in run.items()}
-    reciprocal = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(top10)
-    # Queries with no result at all count as 0 (pytrec_eval leaves them out).
-    n = len(judged)
+    reciprocal = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    # pytrec_eval leaves out judged queries without results; they count as 0 here.
+    n = len(qrels)
     return {
         "ndcg@10": sum(m["ndcg_cut_10"] for m in per_query.values()) / n,
         "recall@100": sum(m["recall_100"] for m in per_query.values()) / n,

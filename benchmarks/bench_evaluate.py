@@ -1,0 +1,86 @@
+"""`evaluate` throughput vs a bare SentenceTransformer.encode, and the SciFact figures.
+
+Part 1 (speed): our encode_corpus + FAISS search over the first N SciFact abstracts vs a bare
+``SentenceTransformer.encode`` of the same texts, in the same process; ratio must be >= 0.9.
+Part 2 (correctness): full SciFact test with the bundled MiniLM (and MPNet with --mpnet,
+about an hour on 2 cores), against the published MTEB figures.
+
+    python benchmarks/bench_evaluate.py [--docs 1500] [--mpnet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import peak_rss_mb, print_table, save  # noqa: E402
+
+MTEB = {"bundled:minilm": 64.51, "bundled:mpnet": 65.57}
+
+
+def speed(docs: int) -> dict:
+    from specialize.config import EvaluateConfig
+    from specialize.encoder import encode_corpus, load_encoder
+    from specialize.evaluate import load_dataset, search
+
+    dataset = load_dataset("demo:scifact")
+    ids, texts = dataset.doc_ids[:docs], dataset.doc_texts[:docs]
+    encoder = load_encoder("bundled:minilm", backend="torch")
+    queries = list(dataset.queries.values())
+    batch = EvaluateConfig().batch_size
+    encoder.model.encode(texts[:64], batch_size=batch)  # warm-up
+
+    started = time.perf_counter()
+    encoder.model.encode(texts, batch_size=batch, normalize_embeddings=True, show_progress_bar=False)
+    bare = time.perf_counter() - started
+
+    started = time.perf_counter()
+    embeddings = encode_corpus(encoder, ids, texts, batch, label="ours")
+    query_embeddings = encoder.encode(queries, batch, kind="query")
+    search(query_embeddings, embeddings, list(dataset.queries), ids, top_k=100)
+    ours = time.perf_counter() - started
+    return {"docs": docs, "bare_docs_per_s": docs / bare, "ours_docs_per_s": docs / ours, "ratio": bare / ours}
+
+
+def scifact(model: str) -> dict:
+    from specialize.config import EvaluateConfig
+    from specialize.evaluate import evaluate
+
+    with tempfile.TemporaryDirectory() as work:
+        config = EvaluateConfig(models=[model], datasets=["demo:scifact"], backend="torch")
+        row = evaluate(config, Path(work))["scifact"]["models"][model]
+    ndcg = 100 * row["ndcg@10"]
+    return {
+        "model": model,
+        "ndcg@10": round(ndcg, 2),
+        "recall@100": round(100 * row["recall@100"], 2),
+        "mrr@10": round(100 * row["mrr@10"], 2),
+        "mteb_ndcg@10": MTEB[model],
+        "diff": round(ndcg - MTEB[model], 2),
+        "seconds": row["seconds"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=1500)
+    parser.add_argument("--mpnet", action="store_true", help="also evaluate MPNet (about an hour on 2 cores)")
+    args = parser.parse_args()
+    os.environ["SPECIALIZE_CACHE"] = tempfile.mkdtemp(prefix="bench-cache-")  # measure real encoding, no cache hits
+
+    throughput = speed(args.docs)
+    print_table("evaluate throughput vs bare SentenceTransformer.encode (MiniLM, torch)", [throughput])
+    save("evaluate_speed", {**throughput, "peak_rss_mb": peak_rss_mb(), "target_ratio": 0.9})
+
+    rows = [scifact(model) for model in ["bundled:minilm"] + (["bundled:mpnet"] if args.mpnet else [])]
+    print_table("SciFact test, full corpus (5,183 docs, 300 queries)", rows)
+    save("evaluate_scifact", {"rows": rows, "bar": "MiniLM nDCG@10 = 64.5 +- 0.3", "peak_rss_mb": peak_rss_mb()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,670 @@
+"""Corpora in, clean passages out: loaders for every input format, validation, dedup, sampling.
+
+Every loader yields documents normalized to the BEIR corpus shape ``{"_id", "title", "text"}``.
+A bad record raises an error naming its file and line (or record number), or is skipped and
+counted when asked to. Deduplication drops exact and contained near-duplicates in
+O(n log n); sampling never picks a passage that a test query marks relevant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import http.client
+import itertools
+import json
+import os
+import random
+import re
+import sys
+import tempfile
+import unicodedata
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from rich import get_console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+from rich.text import Text
+
+from specialize.artifacts import iter_jsonl, write_jsonl
+from specialize.errors import SpecializeError, located
+from specialize.models import cache_dir
+
+Doc = dict[str, str]
+Record = tuple[Path, int | None, dict[str, Any]]
+Reject = Callable[[SpecializeError, str], None]
+
+ID_FIELDS = ("_id", "id", "doc_id", "docid", "pid")
+TEXT_FIELDS = ("text", "contents", "content", "body", "passage")
+TITLE_FIELDS = ("title",)
+DROP_REASONS = ("too_short", "no_content", "duplicate", "contained")
+
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
+_DEMO_DATA = Path(__file__).parent / "data"
+_BATCH_ROWS = 10_000
+_PROGRESS_EVERY = 1_000
+_DOWNLOAD_CHUNK = 1 << 20
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_ASCII_LETTERS = bytes(b if b >= 0x80 or chr(b).isalpha() else 0x20 for b in range(256))
+_LAST_SPACE = re.compile(r"\s\S*\Z")
+_SUPPORTED = (
+    "a BEIR folder (corpus.jsonl[.gz]), .jsonl, .json, .csv, .tsv (each optionally .gz), .parquet, "
+    "a folder of .txt/.md files, a Hugging Face datasets folder (save_to_disk)"
+)
+
+
+# --- data set specs -----------------------------------------------------------------------
+
+
+def demo_sets() -> list[str]:
+    """Names of the data sets bundled with the package (``demo:<name>``)."""
+    return sorted(p.name for p in _DEMO_DATA.iterdir() if _beir_file(p, "corpus"))
+
+
+def resolve_dataset(spec: str) -> Path:
+    """The local folder or file for ``demo:<name>``, ``beir:<name>`` (downloaded once) or a path."""
+    if spec.startswith("demo:"):
+        name = spec.removeprefix("demo:")
+        folder = _DEMO_DATA / name
+        if not name or "/" in name or not _beir_file(folder, "corpus"):
+            raise SpecializeError(f"{spec}: unknown demo data set; available: {', '.join(demo_sets())}")
+        return folder
+    if spec.startswith("beir:"):
+        return _download_beir(spec.removeprefix("beir:"))
+    path = Path(spec)
+    if not path.exists():
+        raise SpecializeError(f"{spec}: no such file or folder")
+    return path
+
+
+def _download_beir(name: str) -> Path:
+    """Download and unzip a BEIR data set into the cache once; later calls reuse it."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise SpecializeError(f"beir:{name}: not a BEIR data set name")
+    target = cache_dir() / "datasets" / name
+    if target.is_dir():
+        return target
+    url = f"{BEIR_URL}/{name}.zip"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=target.parent) as tmp:
+        archive = Path(tmp) / f"{name}.zip"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
+                with _progress(f"downloading {name}.zip", columns, total) as advance:
+                    while chunk := response.read(_DOWNLOAD_CHUNK):
+                        out.write(chunk)
+                        advance(len(chunk))
+        except urllib.error.HTTPError as exc:
+            raise _download_error(name, url, f"HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            raise _download_error(name, url, str(getattr(exc, "reason", exc))) from None
+        unpacked = Path(tmp) / "unpacked"
+        try:
+            with zipfile.ZipFile(archive) as bundle:
+                bundle.extractall(unpacked)
+        except zipfile.BadZipFile as exc:
+            raise _download_error(name, url, f"not a zip archive: {exc}") from None
+        folder = unpacked / name if (unpacked / name).is_dir() else unpacked
+        with contextlib.suppress(OSError):  # another process may have finished first
+            os.replace(folder, target)
+    if not target.is_dir():
+        raise _download_error(name, url, f"could not create {target}")
+    return target
+
+
+def _download_error(name: str, url: str, reason: str) -> SpecializeError:
+    """The one-line error for a BEIR download that failed."""
+    return SpecializeError(f"beir:{name}: cannot download {url} ({reason}); download it elsewhere and pass the folder")
+
+
+def _beir_file(folder: Path, stem: str) -> Path | None:
+    """``<folder>/<stem>.jsonl`` or ``.jsonl.gz`` when the folder has one."""
+    for name in (f"{stem}.jsonl", f"{stem}.jsonl.gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+# --- progress -----------------------------------------------------------------------------
+
+
+class _RateColumn(ProgressColumn):
+    """Documents per second."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.0f} docs/s" if task.speed else "", style="progress.data.speed")
+
+
+@contextlib.contextmanager
+def _progress(
+    description: str, columns: Sequence[ProgressColumn], total: float | None = None
+) -> Iterator[Callable[[int], None]]:
+    """A transient rich progress display on a terminal (nothing elsewhere); yields ``advance(n)``."""
+    console = get_console()
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        *columns,
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """A record that cannot become a document: a short reason key and a message."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class _Checker:
+    """Turns raw records into documents: picks the fields, checks them, rejects duplicate ids."""
+
+    def __init__(self, id_field: str | None, title_field: str | None, text_field: str | None) -> None:
+        self.id_fields = (id_field,) if id_field else ID_FIELDS
+        self.text_fields = (text_field,) if text_field else TEXT_FIELDS
+        self.title_fields = (title_field,) if title_field else TITLE_FIELDS
+        self.seen: set[str] = set()
+
+    def parse(self, record: dict[str, Any]) -> Doc:
+        """The document for a record, or :class:`_Invalid`."""
+        id_key = _field(record, self.id_fields, "id")
+        text_key = _field(record, self.text_fields, "text")
+        raw_id = record[id_key]
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+            raise _Invalid("bad_id", f"id field {id_key!r} is {type(raw_id).__name__}, expected a string or integer")
+        doc_id = _string(str(raw_id), id_key, "id")
+        if not doc_id:
+            raise _Invalid("empty_id", f"empty id in field {id_key!r}")
+        text = _string(record[text_key], text_key, "text")
+        if not text:
+            raise _Invalid("empty_text", f"empty text in field {text_key!r} (id {doc_id!r})")
+        title_key = next((key for key in self.title_fields if record.get(key) is not None), None)
+        title = _string(record[title_key], title_key, "title") if title_key else ""
+        if doc_id in self.seen:
+            raise _Invalid("duplicate_id", f"duplicate id {doc_id!r}")
+        self.seen.add(doc_id)
+        return {"_id": doc_id, "title": title, "text": text}
+
+
+def _field(record: dict[str, Any], candidates: Sequence[str], kind: str) -> str:
+    """The first of ``candidates`` that the record has (not null), or :class:`_Invalid`."""
+    for key in candidates:
+        if record.get(key) is not None:
+            return key
+    wanted = f"field {candidates[0]!r}" if len(candidates) == 1 else f"field (looked for {', '.join(candidates)})"
+    present = ", ".join(list(map(str, record))[:10]) or "none"
+    raise _Invalid(f"missing_{kind}", f"missing {kind} {wanted}; record has: {present}")
+
+
+def _is_text(value: str) -> bool:
+    """Whether a decoded string has neither undecodable bytes nor NULs."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
+
+
+def _string(value: Any, key: str, kind: str) -> str:
+    """A field's value stripped, when it is a well-formed string; else :class:`_Invalid`."""
+    if not isinstance(value, str):
+        raise _Invalid(f"bad_{kind}", f"{kind} field {key!r} is {type(value).__name__}, expected a string")
+    if not _is_text(value):
+        raise _Invalid("bad_encoding", f"{kind} field {key!r} is not valid UTF-8 text (binary data?)")
+    return value.strip()
+
+
+# --- readers: each yields (file, line or record number, raw record) -----------------------
+
+
+def _open_text(path: Path) -> IO[str]:
+    """A file as text (decompressed when it ends in ``.gz``); bad bytes become lone surrogates.
+
+    Records holding them are then rejected one by one (see :func:`_is_text`).
+    """
+    options: dict[str, Any] = {"encoding": "utf-8-sig", "errors": "surrogateescape", "newline": ""}
+    return gzip.open(path, "rt", **options) if path.suffix == ".gz" else open(path, **options)
+
+
+def _jsonl_records(path: Path, reject: Reject) -> Iterator[Record]:
+    """One record per line of a .jsonl[.gz] file."""
+
+    def on_error(error: SpecializeError) -> None:
+        # iter_jsonl words its encoding errors "not valid UTF-8"; every other one is bad JSON.
+        reject(error, "bad_encoding" if "UTF-8" in str(error) else "bad_json")
+
+    for number, record in iter_jsonl(path, on_error):
+        yield path, number, record
+
+
+def _json_records(path: Path, reject: Reject) -> Iterator[Record]:
+    """The objects of a .json file: a list, ``{"data"|"corpus": [...]}``, or an ``{id: {...}}`` mapping."""
+    with _open_text(path) as handle:
+        text = handle.read()
+    if not text.strip():
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise located(path, exc.lineno, f"not valid JSON ({exc.msg}, column {exc.colno})") from None
+    if isinstance(data, dict):
+        wrapped = next((data[key] for key in ("data", "corpus") if isinstance(data.get(key), list)), None)
+        if wrapped is None:
+            data = [{"_id": key, **value} if isinstance(value, dict) else value for key, value in data.items()]
+        else:
+            data = wrapped
+    if not isinstance(data, list):
+        raise located(path, None, f"expected a list or an object of documents, got {type(data).__name__}")
+    for number, record in enumerate(data, start=1):
+        if isinstance(record, dict):
+            yield path, number, record
+        else:
+            reject(located(path, number, f"expected a JSON object, got {type(record).__name__}"), "bad_json")
+
+
+def _csv_records(path: Path, reject: Reject) -> Iterator[Record]:
+    """The rows of a .csv/.tsv[.gz] file with a header row; numbers are the lines rows start on."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    delimiter = "\t" if path.name.lower().removesuffix(".gz").endswith(".tsv") else ","
+    with _open_text(path) as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise located(path, 1, f"not a valid header row ({exc})") from None
+        if any(not _is_text(name) for name in header):
+            raise located(path, 1, "header row is not valid UTF-8 text (binary file?)")
+        header = [name.strip() for name in header]
+        end = reader.line_num
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                reject(located(path, end + 1, f"not a valid row ({exc})"), "bad_row")
+                end = reader.line_num
+                continue
+            start, end = end + 1, reader.line_num
+            if not row:
+                continue
+            if len(row) != len(header):
+                reject(located(path, start, f"{len(row)} fields where the header has {len(header)}"), "bad_row")
+                continue
+            yield path, start, dict(zip(header, row, strict=True))
+
+
+def _parquet_records(path: Path, reject: Reject) -> Iterator[Record]:
+    """The rows of a Parquet file, read in record batches."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise located(path, None, f"not a valid Parquet file ({exc})") from None
+    number = 0
+    for batch in table.iter_batches(batch_size=_BATCH_ROWS):
+        for record in batch.to_pylist():
+            number += 1
+            yield path, number, record
+
+
+def _is_hf_dataset(folder: Path) -> bool:
+    """Whether a folder holds a Hugging Face dataset written by ``save_to_disk``."""
+    return (folder / "dataset_dict.json").is_file() or (
+        (folder / "dataset_info.json").is_file() and (folder / "state.json").is_file()
+    )
+
+
+def _hf_records(folder: Path, reject: Reject) -> Iterator[Record]:
+    """The rows of a saved dataset; of a DatasetDict, split 'corpus', else 'train', else the only one."""
+    from datasets import DatasetDict, load_from_disk
+
+    data = load_from_disk(str(folder))
+    if isinstance(data, DatasetDict):
+        splits = list(data)
+        split = next((name for name in ("corpus", "train") if name in data), splits[0] if len(splits) == 1 else None)
+        if split is None:
+            raise located(folder, None, f"several splits and none is 'corpus' or 'train': {', '.join(splits)}")
+        data = data[split]
+    number = 0
+    for table in data.with_format("arrow").iter(batch_size=_BATCH_ROWS):
+        for record in table.to_pylist():
+            number += 1
+            yield folder, number, record
+
+
+def _text_folder_records(folder: Path, reject: Reject) -> Iterator[Record]:
+    """One record per .txt/.md file under a folder: id = relative path without suffix."""
+    files = sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in (".txt", ".md")
+        and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+    for file in files:
+        raw = file.read_bytes()
+        try:
+            content = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            reject(located(file, line, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"), "bad_encoding")
+            continue
+        title, text = _split_heading(content, file.stem)
+        yield file, None, {"_id": file.relative_to(folder).with_suffix("").as_posix(), "title": title, "text": text}
+
+
+def _split_heading(content: str, stem: str) -> tuple[str, str]:
+    """(title, text): a leading markdown '# ' heading is the title, else the file stem is."""
+    first, _, rest = content.lstrip().partition("\n")
+    if first.startswith("# "):
+        return first[2:], rest
+    return stem, content
+
+
+_FILE_READERS: dict[str, Callable[[Path, Reject], Iterator[Record]]] = {
+    ".jsonl": _jsonl_records,
+    ".ndjson": _jsonl_records,
+    ".json": _json_records,
+    ".csv": _csv_records,
+    ".tsv": _csv_records,
+    ".parquet": _parquet_records,
+}
+
+
+def _records(path: Path, reject: Reject) -> Iterator[Record]:
+    """The raw records of a corpus, read by the reader its path calls for."""
+    if path.is_dir():
+        corpus = _beir_file(path, "corpus")
+        if corpus is not None:
+            return _jsonl_records(corpus, reject)
+        if _is_hf_dataset(path):
+            return _hf_records(path, reject)
+        return _text_folder_records(path, reject)
+    name = path.name.lower()
+    suffix = Path(name.removesuffix(".gz")).suffix
+    reader = _FILE_READERS.get(suffix)
+    if reader is None or (name.endswith(".gz") and suffix == ".parquet"):
+        raise SpecializeError(f"{path}: unsupported format {suffix or '(no suffix)'}; supported: {_SUPPORTED}")
+    return reader(path, reject)
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def load_corpus(
+    source: str | Path,
+    *,
+    id_field: str | None = None,
+    title_field: str | None = None,
+    text_field: str | None = None,
+    skip_bad: bool = False,
+    skipped: Counter[str] | None = None,
+) -> Iterator[Doc]:
+    """Stream the normalized documents of a corpus in any supported format (see module doc).
+
+    Fields are detected when not given: id from ``ID_FIELDS``, text from ``TEXT_FIELDS``,
+    title from ``TITLE_FIELDS`` (else empty). A bad record raises an error naming the file
+    and the line (JSONL, CSV/TSV) or 1-based record number (JSON, Parquet, datasets); with
+    ``skip_bad`` it is skipped and counted in ``skipped`` under a short reason key instead.
+    The source is resolved and its format checked at once; records are read lazily.
+    """
+    path = resolve_dataset(str(source))
+    counts = Counter() if skipped is None else skipped
+
+    def reject(error: SpecializeError, reason: str) -> None:
+        if not skip_bad:
+            raise error
+        counts[reason] += 1
+
+    return _docs(path, _records(path, reject), _Checker(id_field, title_field, text_field), reject)
+
+
+def _docs(path: Path, records: Iterator[Record], checker: _Checker, reject: Reject) -> Iterator[Doc]:
+    """Check each raw record, showing progress; an empty corpus is an error."""
+    count = 0
+    with _progress(f"loading {path.name}", (TextColumn("{task.completed:,.0f} docs"), _RateColumn())) as advance:
+        try:
+            for file, number, record in records:
+                try:
+                    doc = checker.parse(record)
+                except _Invalid as bad:
+                    reject(located(file, number, bad.message), bad.reason)
+                    continue
+                count += 1
+                if count % _PROGRESS_EVERY == 0:
+                    advance(_PROGRESS_EVERY)
+                yield doc
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise SpecializeError(f"{path}: not a valid gzip file ({exc})") from None
+    if count == 0:
+        raise SpecializeError(f"{path}: no documents found")
+
+
+def load_queries(folder: str | Path) -> dict[str, str]:
+    """``{qid: text}`` from a BEIR folder's queries.jsonl[.gz] (``{"_id", "text"}`` per line)."""
+    folder = resolve_dataset(str(folder))
+    path = _beir_file(folder, "queries")
+    if path is None:
+        raise SpecializeError(f"{folder}: no queries.jsonl or queries.jsonl.gz")
+    checker = _Checker("_id", None, "text")
+    queries: dict[str, str] = {}
+    for number, record in iter_jsonl(path):
+        try:
+            query = checker.parse(record)
+        except _Invalid as bad:
+            raise located(path, number, bad.message) from None
+        queries[query["_id"]] = query["text"]
+    return queries
+
+
+def load_qrels(folder: str | Path, split: str) -> dict[str, dict[str, int]]:
+    """``{qid: {doc_id: score}}`` from a BEIR folder's qrels/<split>.tsv."""
+    folder = resolve_dataset(str(folder))
+    path = folder / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+        raise SpecializeError(f"{folder}: no qrels for split {split!r}; available: {', '.join(available) or 'none'}")
+    qrels: dict[str, dict[str, int]] = {}
+    for qid, doc_id, score in _qrels_rows(path):
+        qrels.setdefault(qid, {})[doc_id] = score
+    return qrels
+
+
+def _qrels_rows(path: Path) -> Iterator[tuple[str, str, int]]:
+    """(query id, doc id, score) per row of a qrels file: BEIR TSV or TREC, header optional."""
+    if not path.is_file():
+        raise SpecializeError(f"{path}: file not found")
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise located(path, number, f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+            if not line:
+                continue
+            fields = line.split("\t") if "\t" in line else line.split()
+            if len(fields) == 4:  # TREC: query-id iteration corpus-id score
+                fields = [fields[0], fields[2], fields[3]]
+            if len(fields) != 3:
+                raise located(path, number, f"expected 3 columns (query-id, corpus-id, score), got {len(fields)}")
+            try:
+                score = int(fields[2])
+            except ValueError:
+                if number == 1:
+                    continue  # header
+                raise located(path, number, f"score {fields[2]!r} is not an integer") from None
+            yield fields[0].strip(), fields[1].strip(), score
+
+
+def relevant_test_ids(source: str | Path, extra_qrels: Sequence[str | Path] = ()) -> set[str]:
+    """Doc ids with score > 0 in the BEIR source's qrels/test.tsv and in ``extra_qrels``.
+
+    The source is a BEIR folder, or the corpus.jsonl[.gz] file inside one.
+    """
+    path = resolve_dataset(str(source))
+    folder = path.parent if path.name in ("corpus.jsonl", "corpus.jsonl.gz") else path
+    files = [folder / "qrels" / "test.tsv"] if (folder / "qrels" / "test.tsv").is_file() else []
+    files += [Path(extra) for extra in extra_qrels]
+    return {doc_id for file in files for _, doc_id, score in _qrels_rows(file) if score > 0}
+
+
+# --- dedup and sampling -------------------------------------------------------------------
+
+
+def _letters_or_space(match: re.Match[str]) -> str:
+    """A run of non-ASCII characters with combining marks dropped and non-letters as spaces."""
+    return "".join(c if c.isalpha() else " " for c in match.group() if not unicodedata.combining(c))
+
+
+def normalize_for_dedup(text: str) -> str:
+    """NFKC, lowercase, no accents, digits/punctuation/symbols as spaces, whitespace collapsed."""
+    if text.isascii():
+        text = text.lower()
+    else:
+        text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).lower())
+        text = _NON_ASCII.sub(_letters_or_space, text)
+    # Only letters are left outside ASCII, and their UTF-8 bytes are all >= 0x80.
+    return " ".join(text.encode().translate(_ASCII_LETTERS).decode().split())
+
+
+def _drop_short(docs: Iterable[Doc], min_chars: int, counts: Counter[str]) -> Iterator[Doc]:
+    """The documents whose text has at least ``min_chars`` characters; counts the others."""
+    for doc in docs:
+        if len(doc["text"]) < min_chars:
+            counts["too_short"] += 1
+        else:
+            yield doc
+
+
+def _proper_prefixes(strings: Sequence[str]) -> set[int]:
+    """Indices of the (distinct) strings that are a prefix of another one, found in O(n log n).
+
+    After sorting, every string that starts with ``s`` comes right after ``s``, so comparing
+    each string with its successor finds them all.
+    """
+    order = sorted(range(len(strings)), key=strings.__getitem__)
+    return {i for i, j in itertools.pairwise(order) if strings[j].startswith(strings[i])}
+
+
+def deduplicate(docs: Iterable[Doc], min_chars: int = 10, counts: Counter[str] | None = None) -> list[Doc]:
+    """Drop short, content-free, duplicate and contained documents; keep the rest in input order.
+
+    Reasons counted: 'too_short', 'no_content' (nothing left after normalizing), 'duplicate'
+    (same normalized text as an earlier document, which is kept) and 'contained' (normalized
+    text is a prefix or a suffix of another's).
+    """
+    counts = Counter() if counts is None else counts
+    first: dict[str, Doc] = {}
+    for doc in _drop_short(docs, min_chars, counts):
+        norm = normalize_for_dedup(doc["text"])
+        if not norm:
+            counts["no_content"] += 1
+        elif norm in first:
+            counts["duplicate"] += 1
+        else:
+            first[norm] = doc
+    norms = list(first)
+    contained = _proper_prefixes(norms) | _proper_prefixes([norm[::-1] for norm in norms])
+    counts["contained"] += len(contained)
+    return [doc for i, doc in enumerate(first.values()) if i not in contained]
+
+
+def _truncate(text: str, max_chars: int) -> str:
+    """At most ``max_chars`` characters, cut at the last whitespace before the limit if any."""
+    if len(text) <= max_chars:
+        return text
+    head = text[: max_chars + 1]
+    space = _LAST_SPACE.search(head)
+    cut = head[: space.start()].rstrip() if space else ""
+    return cut or text[:max_chars]
+
+
+def sample_passages(
+    docs: Sequence[Doc], max_passages: int, max_chars: int, seed: int, exclude_ids: set[str]
+) -> list[Doc]:
+    """A seeded random sample of documents not in ``exclude_ids``, texts truncated, in corpus order."""
+    eligible = [i for i, doc in enumerate(docs) if doc["_id"] not in exclude_ids]
+    if len(eligible) > max_passages:
+        eligible = sorted(random.Random(seed).sample(eligible, max_passages))
+    return [{**docs[i], "text": _truncate(docs[i]["text"], max_chars)} for i in eligible]
+
+
+# --- the stage ----------------------------------------------------------------------------
+
+
+def prepare(
+    source: str | Path,
+    workdir: Path,
+    *,
+    id_field: str | None = None,
+    title_field: str | None = None,
+    text_field: str | None = None,
+    skip_bad: bool = False,
+    min_chars: int = 10,
+    dedup: bool = True,
+    max_passages: int = 100_000,
+    max_chars: int = 2048,
+    seed: int = 42,
+    exclude_qrels: Sequence[str | Path] = (),
+) -> dict[str, int]:
+    """Write ``corpus.jsonl`` (clean, deduplicated) and ``passages.jsonl`` (the sample); return counts."""
+    skipped: Counter[str] = Counter()
+    docs = list(
+        load_corpus(
+            source,
+            id_field=id_field,
+            title_field=title_field,
+            text_field=text_field,
+            skip_bad=skip_bad,
+            skipped=skipped,
+        )
+    )
+    dropped: Counter[str] = Counter()
+    corpus = deduplicate(docs, min_chars, dropped) if dedup else list(_drop_short(docs, min_chars, dropped))
+    excluded = relevant_test_ids(source, exclude_qrels)
+    passages = sample_passages(corpus, max_passages, max_chars, seed, excluded)
+    workdir = Path(workdir)
+    write_jsonl(workdir / "corpus.jsonl", corpus)
+    write_jsonl(workdir / "passages.jsonl", passages)
+    return {
+        "loaded": len(docs),
+        **{f"skipped_{reason}": n for reason, n in sorted(skipped.items())},
+        **{f"dropped_{reason}": dropped[reason] for reason in DROP_REASONS},
+        "corpus": len(corpus),
+        "excluded_test_relevant": sum(doc["_id"] in excluded for doc in corpus),
+        "passages": len(passages),
+    }

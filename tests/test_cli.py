@@ -92,6 +92,6 @@ def test_bad_record_names_file_and_line(tmp_path):
 def test_evaluate_prints_the_table(tmp_path, scifact_slice):
     result = cli("evaluate", "-m", "bundled:minilm", "-d", str(scifact_slice), "--workdir", str(tmp_path), "--backend", "torch")
     assert result.returncode == 0, result.stderr
-    saved = json.loads((tmp_path / "eval" / "scifact_slice.json").read_text())
+    saved = json.loads((tmp_path / "eval" / f"{scifact_slice.name}.json").read_text())
     ndcg = 100 * saved["models"]["bundled:minilm"]["ndcg@10"]
     assert f"{ndcg:.2f}" in result.stdout and "nDCG@10" in result.stdout

@@ -62,9 +62,9 @@ def minilm():
 def test_real_minilm_on_a_scifact_slice(tmp_path, scifact_slice, minilm, monkeypatch):
     config = EvaluateConfig(models=["bundled:minilm"], datasets=[str(scifact_slice)], backend="torch")
     results = evaluate(config, tmp_path)
-    row = results["scifact_slice"]["models"]["bundled:minilm"]
+    row = results[scifact_slice.name]["models"]["bundled:minilm"]
     assert row["ndcg@10"] > 0.6 and row["recall@100"] > 0.9  # real retrieval on an easy slice
-    saved = json.loads((tmp_path / "eval" / "scifact_slice.json").read_text())
+    saved = json.loads((tmp_path / "eval" / f"{scifact_slice.name}.json").read_text())
     assert saved["models"]["bundled:minilm"]["ndcg@10"] == row["ndcg@10"] and saved["queries"] == 30
     lines = (tmp_path / row["run_file"]).read_text().splitlines()
     assert len(lines) == 30 * 100 and lines[0].split()[1:4:2] == ["Q0", "1"]
@@ -73,7 +73,7 @@ def test_real_minilm_on_a_scifact_slice(tmp_path, scifact_slice, minilm, monkeyp
     calls = []
     original = encoder_module.Encoder.encode
     monkeypatch.setattr(encoder_module.Encoder, "encode", lambda self, texts, batch_size, kind: calls.append(kind) or original(self, texts, batch_size, kind))
-    again = evaluate(config, tmp_path)["scifact_slice"]["models"]["bundled:minilm"]
+    again = evaluate(config, tmp_path)[scifact_slice.name]["models"]["bundled:minilm"]
     assert again["ndcg@10"] == row["ndcg@10"] and calls == ["query"]
 
 
@@ -85,11 +85,11 @@ def test_killed_encode_resumes_from_its_last_chunk(scifact_slice, minilm, monkey
     encoded = []
     original = encoder_module.Encoder.encode
 
-    def failing(self, batch, batch_size, kind):
+    def failing(self, texts, batch_size, kind):
         if len(encoded) >= 128:
             raise KeyboardInterrupt  # the user hits Ctrl-C after two chunks
-        encoded.extend(batch)
-        return original(self, batch, batch_size, kind)
+        encoded.extend(texts)
+        return original(self, texts, batch_size, kind)
 
     monkeypatch.setattr(encoder_module.Encoder, "encode", failing)
     with pytest.raises(KeyboardInterrupt):
@@ -97,7 +97,7 @@ def test_killed_encode_resumes_from_its_last_chunk(scifact_slice, minilm, monkey
     assert len(encoded) == 128
 
     encoded.clear()
-    monkeypatch.setattr(encoder_module.Encoder, "encode", lambda self, b, bs, kind: encoded.extend(b) or original(self, b, bs, kind))
+    monkeypatch.setattr(encoder_module.Encoder, "encode", lambda self, texts, batch_size, kind: encoded.extend(texts) or original(self, texts, batch_size, kind))
     resumed = encode_corpus(minilm, ids, texts, batch_size=32)
     assert len(encoded) == len(texts) - 128  # only the unfinished chunks were encoded
     fresh = original(minilm, texts, 32, "passage")

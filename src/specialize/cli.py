@@ -38,7 +38,8 @@ ForceOption = Annotated[bool, typer.Option("--force", help="Rerun even if the st
 def _config(config: Path | None, workdir: Path | None, sets: list[str] | None, **flags: Any) -> Config:
     """Load the config, apply --set assignments, then explicit flags (dotted keys), and write it out."""
     overrides: dict[str, Any] = dict(parse_assignment(item) for item in sets or [])
-    overrides.update({"workdir": str(workdir) if workdir is not None else None, **flags})
+    given = {"workdir": str(workdir) if workdir is not None else None, **flags}
+    overrides.update({key: value for key, value in given.items() if value is not None})
     resolved = load_config(config, overrides)
     write_resolved(resolved)
     return resolved

@@ -9,7 +9,6 @@ scores the SciFact test queries. The default is the fastest backend whose nDCG@1
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import tempfile
@@ -21,15 +20,11 @@ from _common import peak_rss_mb, print_table, save  # noqa: E402
 MAX_LOSS = 0.3
 
 
-def available_backends() -> tuple[list[str], dict[str, str]]:
-    """Backends that can run here, and why the others cannot."""
-    backends, missing = ["torch", "torch-int8"], {}
-    if importlib.util.find_spec("optimum.intel") and importlib.util.find_spec("openvino"):
-        backends.append("openvino")
-    else:
-        missing["openvino"] = "optimum-intel 2.2 needs transformers<5.6 and torchvision (a CUDA torch); not installable beside our pins"
-    missing["onnx"] = "optimum-onnx 0.1.0 needs transformers<4.58; sentence-transformers 6.2 needs transformers>=5"
-    return backends, missing
+# Measured separately by trying to install them beside our pins (pip's resolver refuses):
+NOT_INSTALLABLE = {
+    "onnx": "optimum-onnx 0.1.0 needs transformers<4.58; sentence-transformers 6.2 needs transformers>=5",
+    "openvino": "optimum-intel 2.2 needs transformers<5.6 and torchvision (a CUDA torch build)",
+}
 
 
 def measure(backend: str) -> dict:
@@ -51,8 +46,9 @@ def measure(backend: str) -> dict:
 
 def main() -> None:
     os.environ["SPECIALIZE_CACHE"] = tempfile.mkdtemp(prefix="bench-cache-")  # no cache hits between backends
-    backends, missing = available_backends()
-    rows = [measure(backend) for backend in backends]
+    from specialize.encoder import BACKENDS
+
+    rows = [measure(backend) for backend in BACKENDS]
     reference = rows[0]["ndcg@10"]
     for row in rows:
         row["speedup"] = row["docs_per_s"] / rows[0]["docs_per_s"]
@@ -61,9 +57,9 @@ def main() -> None:
     default = max(eligible, key=lambda row: row["docs_per_s"])["backend"]
     print_table("MiniLM on SciFact (5,183 docs, 300 queries), 2-core CPU", rows)
     print(f"default CPU backend: {default} (fastest with nDCG@10 loss < {MAX_LOSS})")
-    for name, why in missing.items():
+    for name, why in NOT_INSTALLABLE.items():
         print(f"not measured: {name}: {why}")
-    save("cpu_backends", {"rows": rows, "default": default, "max_ndcg_loss": MAX_LOSS, "not_measured": missing, "peak_rss_mb": peak_rss_mb()})
+    save("cpu_backends", {"rows": rows, "default": default, "max_ndcg_loss": MAX_LOSS, "not_measured": NOT_INSTALLABLE, "peak_rss_mb": peak_rss_mb()})
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def evaluate(
     models: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Model: HF id, path or bundled:<alias> (repeatable).")] = None,
     datasets: Annotated[Optional[list[str]], typer.Option("--dataset", "-d", help="BEIR folder, demo:<name> or beir:<name> (repeatable).")] = None,
     split: Annotated[Optional[str], typer.Option(help="Qrels split to evaluate on.")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="auto, torch, torch-int8 or openvino.")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto, torch or torch-int8.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Encoding batch size.")] = None,
     config: ConfigOption = None,
     workdir: WorkdirOption = None,

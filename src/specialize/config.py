@@ -19,7 +19,7 @@ from specialize.artifacts import write_text
 from specialize.errors import SpecializeError
 
 QUERY_TYPES = ("question", "claim", "keywords", "title", "web_search", "msmarco")
-Backend = Literal["auto", "torch", "onnx", "onnx-int8", "openvino"]
+Backend = Literal["auto", "torch", "torch-int8"]
 
 
 class StrictModel(BaseModel):

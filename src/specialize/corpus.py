@@ -29,23 +29,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from rich import get_console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    ProgressColumn,
-    SpinnerColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
-from rich.text import Text
-
 from specialize.artifacts import iter_jsonl, write_jsonl
 from specialize.errors import SpecializeError, located
 from specialize.models import cache_dir
+from specialize.progress import progress_bar
 
 Doc = dict[str, str]
 Record = tuple[Path, int | None, dict[str, Any]]
@@ -108,8 +95,7 @@ def _download_beir(name: str) -> Path:
         try:
             with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0) or None
-                columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
-                with _progress(f"downloading {name}.zip", columns, total) as advance:
+                with progress_bar(f"downloading {name}.zip", total, unit="bytes", transient=True) as advance:
                     while chunk := response.read(_DOWNLOAD_CHUNK):
                         out.write(chunk)
                         advance(len(chunk))
@@ -142,35 +128,6 @@ def _beir_file(folder: Path, stem: str) -> Path | None:
         if (folder / name).is_file():
             return folder / name
     return None
-
-
-# --- progress -----------------------------------------------------------------------------
-
-
-class _RateColumn(ProgressColumn):
-    """Documents per second."""
-
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:,.0f} docs/s" if task.speed else "", style="progress.data.speed")
-
-
-@contextlib.contextmanager
-def _progress(
-    description: str, columns: Sequence[ProgressColumn], total: float | None = None
-) -> Iterator[Callable[[int], None]]:
-    """A transient rich progress display on a terminal (nothing elsewhere); yields ``advance(n)``."""
-    console = get_console()
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        *columns,
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -456,7 +413,7 @@ def load_corpus(
 def _docs(path: Path, records: Iterator[Record], checker: _Checker, reject: Reject) -> Iterator[Doc]:
     """Check each raw record, showing progress; an empty corpus is an error."""
     count = 0
-    with _progress(f"loading {path.name}", (TextColumn("{task.completed:,.0f} docs"), _RateColumn())) as advance:
+    with progress_bar(f"loading {path.name}", unit="docs", transient=True) as advance:
         try:
             for file, number, record in records:
                 try:

@@ -24,7 +24,9 @@ from specialize.progress import progress_bar
 # Measured in benchmarks/bench_cpu_backends.py (benchmarks/results/cpu_backends.json): the
 # fastest backend whose SciFact nDCG@10 stays within 0.3 of torch fp32 on this hardware.
 CPU_DEFAULT_BACKEND = "torch"
-BACKENDS = ("torch", "torch-int8", "openvino")
+# sentence-transformers' ONNX and OpenVINO backends need optimum packages that cannot be
+# installed beside transformers 5 (see benchmarks/results/cpu_backends.json, "not_measured").
+BACKENDS = ("torch", "torch-int8")
 CHUNK_DOCS = 1024
 
 
@@ -81,9 +83,7 @@ def load_encoder(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = SentenceTransformer(path, backend="openvino" if backend == "openvino" else "torch")
-    except ImportError as exc:
-        raise SpecializeError(f"{name}: backend {backend!r} needs extra packages ({exc})") from None
+            model = SentenceTransformer(path)
     except OSError as exc:
         raise SpecializeError(f"{name}: cannot load the model ({str(exc).splitlines()[0]})") from None
     if backend == "torch-int8":

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
@@ -15,6 +16,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.text import Text
 
@@ -31,17 +33,28 @@ class RateColumn(ProgressColumn):
 
 
 @contextlib.contextmanager
-def progress_bar(label: str, total: int, unit: str = "items") -> Iterator[Callable[[int], None]]:
-    """Show a bar for ``total`` items; yields ``advance(n)``."""
+def progress_bar(
+    label: str, total: int | None = None, unit: str = "items", transient: bool = False
+) -> Iterator[Callable[[int], None]]:
+    """Show progress over ``total`` items (None: unknown) and yield ``advance(n)``.
+
+    ``unit="bytes"`` shows sizes and transfer speed. A transient bar vanishes when done and
+    is not shown at all when stderr is not a terminal; a lasting one leaves its final line
+    (count, rate, time) in logs too.
+    """
+    if unit == "bytes":
+        counts: tuple[ProgressColumn, ...] = (DownloadColumn(), TransferSpeedColumn())
+    else:
+        counts = (MofNCompleteColumn(), RateColumn())
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
+        *counts,
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=stderr, transient=False) as progress:
+    hidden = transient and not stderr.is_terminal
+    with Progress(*columns, console=stderr, transient=transient, disable=hidden) as progress:
         task = progress.add_task(label, total=total, unit=unit)
         yield lambda n: progress.advance(task, n)

@@ -40,4 +40,4 @@ def print_table(title: str, rows: list[dict]) -> None:
         table.add_column(column, justify="left" if isinstance(rows[0][column], str) else "right")
     for row in rows:
         table.add_row(*(f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row.values()))
-    Console().print(table)
+    Console(width=160).print(table)  # wide enough that headers are not cut in logs

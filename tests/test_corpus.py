@@ -556,3 +556,33 @@ def test_prepare_without_dedup_keeps_duplicates(docs: Docs, tmp_path: Path) -> N
     counts = prepare(tmp_path / "c.jsonl", tmp_path / "work", dedup=False)
     assert counts["corpus"] == counts["passages"] == 21
     assert counts["dropped_duplicate"] == 0 and counts["excluded_test_relevant"] == 0
+
+
+def test_dedup_reports_the_keeper_of_each_dropped_doc() -> None:
+    texts = {
+        "long": "Vitamin D supplements reduce fracture risk in elderly women over ten years",
+        "prefix": "Vitamin D supplements reduce fracture risk",
+        "dup_of_prefix": "VITAMIN D supplements, reduce fracture risk!",
+        "suffix": "fracture risk in elderly women over ten years",
+        "other": "Statins lower LDL cholesterol in most adults",
+    }
+    merged: dict[str, str] = {}
+    kept = deduplicate([{"_id": i, "title": "", "text": t} for i, t in texts.items()], merged_into=merged)
+    assert [d["_id"] for d in kept] == ["long", "other"]
+    # A duplicate of a contained text points at the final keeper, not at a dropped doc.
+    assert merged == {"prefix": "long", "dup_of_prefix": "long", "suffix": "long"}
+
+
+def test_prepare_never_samples_the_keeper_of_a_test_relevant_duplicate(tmp_path: Path) -> None:
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    docs = [
+        {"_id": "rel", "title": "", "text": "Aspirin lowers the risk of a second heart attack"},
+        {"_id": "keeper", "title": "", "text": "Aspirin lowers the risk of a second heart attack in adults"},
+        {"_id": "free", "title": "", "text": "Exercise improves sleep quality in older adults"},
+    ]
+    write_jsonl(folder / "corpus.jsonl", docs)
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\trel\t1\n")
+    counts = prepare(folder, tmp_path / "work", max_passages=10)
+    sampled = [d["_id"] for d in read_jsonl(tmp_path / "work" / "passages.jsonl")]
+    assert sampled == ["free"] and counts["dropped_contained"] == 1 and counts["excluded_test_relevant"] == 1

@@ -132,9 +132,29 @@ def generate(config: ConfigOption = None, workdir: WorkdirOption = None) -> None
 
 
 @app.command()
-def mine(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
+def mine(
+    retrievers: Annotated[Optional[list[str]], typer.Option("--retriever", "-r", help="bm25 or a dense model: HF id, path or bundled:<alias> (repeatable).")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Fused candidates kept per query.")] = None,
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+    sets: SetOption = None,
+    force: ForceOption = False,
+) -> None:
     """Retrieve and fuse candidate passages for each query; keep round-trip queries."""
-    _not_implemented("mine", 4)
+    from specialize.artifacts import Workdir
+    from specialize.mine import mine as run_mine
+
+    cfg = _config(config, workdir, sets, **{"mine.retrievers": retrievers or None, "mine.top_k": top_k})
+    work = Path(cfg.workdir)
+    manifest = Workdir(work).run_stage(
+        "mine",
+        cfg.model_dump(mode="json", include={"mine", "prefixes"}),
+        inputs={"corpus": work / "corpus.jsonl", "queries": work / "queries.jsonl"},
+        outputs=["candidates.jsonl"],
+        body=lambda: run_mine(work, cfg.mine, cfg.prefixes),
+        force=force,
+    )
+    _print_counts("mine", manifest, work)
 
 
 @app.command()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from specialize.artifacts import write_text
 from specialize.errors import SpecializeError
@@ -65,11 +65,27 @@ class GenerateConfig(StrictModel):
 class MineConfig(StrictModel):
     """Candidate mining with fused retrievers and the round-trip filter."""
 
-    retrievers: list[str] = Field(default_factory=lambda: ["bm25", "bundled:minilm"])
-    top_k: int = 30
-    rrf_k: int = 60
-    roundtrip_depth: int = 20
-    roundtrip: Literal["any", "all"] = "any"
+    retrievers: list[str] = Field(
+        default_factory=lambda: ["bm25", "bundled:minilm"], min_length=1,
+        description="bm25, or a dense model (HF id, path, bundled:<alias>); their lists are fused by RRF.",
+    )
+    top_k: int = Field(30, ge=1, description="Fused candidates written per query (for labeling).")
+    depth: int = Field(100, ge=1, description="Hits taken from each retriever before fusion.")
+    rrf_k: int = Field(60, ge=0, description="Reciprocal rank fusion: score = sum of 1 / (rrf_k + rank).")
+    roundtrip_depth: int = Field(20, ge=1, description="Keep a query only if its source is this high in a retriever.")
+    roundtrip: Literal["any", "all"] = Field("any", description="any: in one retriever's top; all: in every one's.")
+    index: Literal["flat", "hnsw", "ivf"] = Field("flat", description="flat: exact search; hnsw/ivf: approximate, for large corpora.")
+    backend: Backend = "auto"
+    batch_size: int = Field(64, ge=1, description="Encoding batch size of dense retrievers.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MineConfig:
+        """Each retriever once; depth covers both top_k and the round-trip depth."""
+        if len(set(self.retrievers)) < len(self.retrievers):
+            raise ValueError(f"retrievers: each may appear once, got {self.retrievers}")
+        if self.depth < max(self.top_k, self.roundtrip_depth):
+            raise ValueError(f"depth ({self.depth}) must be at least top_k ({self.top_k}) and roundtrip_depth ({self.roundtrip_depth})")
+        return self
 
 
 class LabelConfig(StrictModel):

@@ -527,24 +527,31 @@ def _drop_short(docs: Iterable[Doc], min_chars: int, counts: Counter[str]) -> It
             yield doc
 
 
-def _proper_prefixes(strings: Sequence[str]) -> set[int]:
-    """Indices of the (distinct) strings that are a prefix of another one, found in O(n log n).
+def _proper_prefixes(strings: Sequence[str]) -> dict[int, int]:
+    """Map each (distinct) string that is a prefix of another to one that contains it, in O(n log n).
 
     After sorting, every string that starts with ``s`` comes right after ``s``, so comparing
     each string with its successor finds them all.
     """
     order = sorted(range(len(strings)), key=strings.__getitem__)
-    return {i for i, j in itertools.pairwise(order) if strings[j].startswith(strings[i])}
+    return {i: j for i, j in itertools.pairwise(order) if strings[j].startswith(strings[i])}
 
 
-def deduplicate(docs: Iterable[Doc], min_chars: int = 10, counts: Counter[str] | None = None) -> list[Doc]:
+def deduplicate(
+    docs: Iterable[Doc],
+    min_chars: int = 10,
+    counts: Counter[str] | None = None,
+    merged_into: dict[str, str] | None = None,
+) -> list[Doc]:
     """Drop short, content-free, duplicate and contained documents; keep the rest in input order.
 
     Reasons counted: 'too_short', 'no_content' (nothing left after normalizing), 'duplicate'
     (same normalized text as an earlier document, which is kept) and 'contained' (normalized
-    text is a prefix or a suffix of another's).
+    text is a prefix or a suffix of another's). ``merged_into``, when given, receives the id
+    of the kept document that stands for each dropped duplicate or contained one.
     """
     counts = Counter() if counts is None else counts
+    merged_into = {} if merged_into is None else merged_into
     first: dict[str, Doc] = {}
     for doc in _drop_short(docs, min_chars, counts):
         norm = normalize_for_dedup(doc["text"])
@@ -552,12 +559,22 @@ def deduplicate(docs: Iterable[Doc], min_chars: int = 10, counts: Counter[str] |
             counts["no_content"] += 1
         elif norm in first:
             counts["duplicate"] += 1
+            merged_into[doc["_id"]] = first[norm]["_id"]
         else:
             first[norm] = doc
-    norms = list(first)
-    contained = _proper_prefixes(norms) | _proper_prefixes([norm[::-1] for norm in norms])
-    counts["contained"] += len(contained)
-    return [doc for i, doc in enumerate(first.values()) if i not in contained]
+    norms, kept = list(first), list(first.values())
+    container = _proper_prefixes(norms) | _proper_prefixes([norm[::-1] for norm in norms])
+    counts["contained"] += len(container)
+    for i in container:
+        j = container[i]
+        while j in container:  # containers are strictly longer, so the chain ends
+            j = container[j]
+        merged_into[kept[i]["_id"]] = kept[j]["_id"]
+    for dropped, keeper in merged_into.items():  # a duplicate of a contained text ends at the final keeper
+        while keeper in merged_into:
+            keeper = merged_into[keeper]
+        merged_into[dropped] = keeper
+    return [doc for i, doc in enumerate(kept) if i not in container]
 
 
 def _truncate(text: str, max_chars: int) -> str:
@@ -611,8 +628,11 @@ def prepare(
         )
     )
     dropped: Counter[str] = Counter()
-    corpus = deduplicate(docs, min_chars, dropped) if dedup else list(_drop_short(docs, min_chars, dropped))
-    excluded = relevant_test_ids(source, exclude_qrels)
+    merged_into: dict[str, str] = {}
+    corpus = deduplicate(docs, min_chars, dropped, merged_into) if dedup else list(_drop_short(docs, min_chars, dropped))
+    relevant = relevant_test_ids(source, exclude_qrels)
+    # A kept passage that absorbed a test-relevant duplicate is as good as relevant: never sample it.
+    excluded = relevant | {merged_into[doc_id] for doc_id in relevant if doc_id in merged_into}
     passages = sample_passages(corpus, max_passages, max_chars, seed, excluded)
     workdir = Path(workdir)
     write_jsonl(workdir / "corpus.jsonl", corpus)

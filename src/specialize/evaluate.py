@@ -7,11 +7,13 @@ Recall@100 and MRR@10, averaged over the split's judged queries.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -25,6 +27,11 @@ Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 SEARCH_CHUNK = 1024
+IndexKind = Literal["flat", "hnsw", "ivf"]
+HNSW_NEIGHBORS = 32
+HNSW_EF_SEARCH = 128
+IVF_MIN_POINTS_PER_LIST = 39  # FAISS k-means wants at least this many training points per list
+IVF_MIN_PROBES = 8
 
 
 @dataclass
@@ -54,6 +61,38 @@ def load_dataset(spec: str, split: str = "test") -> Dataset:
     return Dataset(name, doc_ids, doc_texts, {qid: all_queries[qid] for qid in qrels}, qrels)
 
 
+def build_index(doc_embeddings: np.ndarray, kind: IndexKind = "flat"):
+    """An inner-product FAISS index over the embeddings: exact (flat), HNSW graph, or IVF trained on them."""
+    import faiss
+
+    data = np.ascontiguousarray(doc_embeddings, dtype=np.float32)
+    count, dim = data.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBORS, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = HNSW_EF_SEARCH  # FAISS searches with max(efSearch, k)
+    elif kind == "ivf":
+        lists = max(1, min(round(4 * math.sqrt(count)), count // IVF_MIN_POINTS_PER_LIST))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+        index.train(data)
+        index.nprobe = min(lists, max(IVF_MIN_PROBES, lists // 16))
+    else:
+        raise SpecializeError(f"index {kind!r}: choose one of flat, hnsw, ivf")
+    index.add(data)
+    return index
+
+
+def search_index(index, query_embeddings: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``depth`` (scores, doc positions) per query from a FAISS index, queries in chunks; position -1 where none."""
+    scores = np.empty((len(query_embeddings), depth), dtype=np.float32)
+    positions = np.empty((len(query_embeddings), depth), dtype=np.int64)
+    for start in range(0, len(query_embeddings), SEARCH_CHUNK):
+        block = np.ascontiguousarray(query_embeddings[start : start + SEARCH_CHUNK], dtype=np.float32)
+        scores[start : start + len(block)], positions[start : start + len(block)] = index.search(block, depth)
+    return scores, positions
+
+
 def search(
     query_embeddings: np.ndarray,
     doc_embeddings: np.ndarray,
@@ -62,23 +101,17 @@ def search(
     top_k: int,
     ignore_identical_ids: bool = True,
 ) -> Run:
-    """Exact inner-product top-k with FAISS, queries in chunks; optionally drop a doc whose id equals the query's."""
-    import faiss
-
-    index = faiss.IndexFlatIP(doc_embeddings.shape[1])
-    index.add(np.ascontiguousarray(doc_embeddings, dtype=np.float32))
+    """Exact inner-product top-k with FAISS; optionally drop a doc whose id equals the query's."""
     depth = min(top_k + int(ignore_identical_ids), len(doc_ids))
+    scores, positions = search_index(build_index(doc_embeddings), query_embeddings, depth)
     run: Run = {}
-    for start in range(0, len(query_ids), SEARCH_CHUNK):
-        block = np.ascontiguousarray(query_embeddings[start : start + SEARCH_CHUNK], dtype=np.float32)
-        scores, indices = index.search(block, depth)
-        for qid, row_scores, row_indices in zip(query_ids[start : start + SEARCH_CHUNK], scores, indices):
-            hits = {
-                doc_ids[i]: float(s)
-                for s, i in zip(row_scores, row_indices)
-                if i >= 0 and not (ignore_identical_ids and doc_ids[i] == qid)
-            }
-            run[qid] = dict(list(hits.items())[:top_k])
+    for qid, row_scores, row_positions in zip(query_ids, scores, positions):
+        hits = {
+            doc_ids[i]: float(s)
+            for s, i in zip(row_scores, row_positions)
+            if i >= 0 and not (ignore_identical_ids and doc_ids[i] == qid)
+        }
+        run[qid] = dict(list(hits.items())[:top_k])
     return run
 
 

@@ -1,0 +1,207 @@
+"""Candidate mining: BM25 and dense retrievers, reciprocal rank fusion, and the round-trip filter.
+
+Each query is sent to every retriever; their ranked lists are fused by reciprocal rank fusion
+and the query is kept only if its source passage comes back high enough (the round trip).
+Queries go through in blocks, so memory holds one block's hits, never all of them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+import numpy as np
+
+from specialize.artifacts import iter_jsonl, write_jsonl
+from specialize.config import MineConfig, PrefixConfig
+from specialize.encoder import Encoder, encode_corpus, load_encoder
+from specialize.errors import SpecializeError, located
+from specialize.evaluate import IndexKind, build_index, search_index
+from specialize.progress import progress_bar
+
+BM25 = "bm25"
+BLOCK = 1024  # queries retrieved, fused and written per step
+QUERY_FIELDS = ("qid", "text", "type", "source_id")  # "generator" is carried by queries.jsonl but not needed here
+DROP_REASONS = ("roundtrip", "source_missing")
+
+Doc = TypeVar("Doc", bound=Hashable)
+
+
+class Retriever(Protocol):
+    """Anything that ranks corpus positions for a block of query texts."""
+
+    name: str
+
+    def retrieve(self, queries: Sequence[str], depth: int) -> np.ndarray:
+        """Corpus positions of the top ``depth`` hits per query, best first; -1 pads a shorter list."""
+        ...
+
+
+class BM25Retriever:
+    """bm25s over title + text, with the English PyStemmer stemmer and English stop words."""
+
+    name = BM25
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        import bm25s
+        import Stemmer
+        from bm25s.tokenization import Tokenizer
+
+        self.tokenizer = Tokenizer(stopwords="en", stemmer=Stemmer.Stemmer("english"))
+        tokens = self.tokenizer.tokenize(list(texts), update_vocab=True, return_as="ids", show_progress=False)
+        self.index = bm25s.BM25()
+        self.index.index((tokens, self.tokenizer.get_vocab_dict()), show_progress=False)
+        self.size = len(texts)
+
+    def retrieve(self, queries: Sequence[str], depth: int) -> np.ndarray:
+        """Top ``depth`` by BM25; documents sharing no term with the query (score 0) are left out."""
+        tokens = self.tokenizer.tokenize(list(queries), update_vocab=False, return_as="ids", show_progress=False)
+        positions, scores = self.index.retrieve(tokens, k=min(depth, self.size), show_progress=False)
+        return np.where(scores > 0, positions, -1)
+
+
+class DenseRetriever:
+    """A SentenceTransformer with its corpus embeddings (from the shared cache) in a FAISS index."""
+
+    def __init__(self, encoder: Encoder, ids: Sequence[str], texts: Sequence[str], index: IndexKind = "flat", batch_size: int = 64) -> None:
+        self.name = encoder.name
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self.index = build_index(encode_corpus(encoder, ids, texts, batch_size, label=f"{encoder.name} · corpus"), index)
+
+    def retrieve(self, queries: Sequence[str], depth: int) -> np.ndarray:
+        """Top ``depth`` by inner product of normalized embeddings."""
+        return self.search(self.encoder.encode(queries, self.batch_size, kind="query"), depth)
+
+    def search(self, query_embeddings: np.ndarray, depth: int) -> np.ndarray:
+        """Top ``depth`` for queries already encoded."""
+        return search_index(self.index, query_embeddings, min(depth, self.index.ntotal))[1]
+
+
+def load_retrievers(
+    config: MineConfig, ids: Sequence[str], texts: Sequence[str], prefixes: Mapping[str, PrefixConfig] | None = None
+) -> list[Retriever]:
+    """One retriever per name in ``config.retrievers``: ``bm25``, or else a dense model."""
+    overrides = {key: value.model_dump() for key, value in (prefixes or {}).items()}
+    return [
+        BM25Retriever(texts)
+        if name == BM25
+        else DenseRetriever(load_encoder(name, config.backend, None, overrides), ids, texts, config.index, config.batch_size)
+        for name in config.retrievers
+    ]
+
+
+def reciprocal_rank_fusion(rankings: Sequence[Sequence[Doc]], k: int = 60) -> list[tuple[Doc, float]]:
+    """Fuse ranked lists: score(d) = sum of 1 / (k + rank), rank 1-based; ties go to the doc seen at a better rank first."""
+    scores: dict[Doc, float] = {}
+    for rank in range(1, max(map(len, rankings), default=0) + 1):
+        for ranking in rankings:
+            if rank <= len(ranking):
+                doc = ranking[rank - 1]
+                scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda item: -item[1])
+
+
+def roundtrip_hits(rankings: Sequence[Sequence[Doc]], source: Doc, depth: int) -> list[bool]:
+    """For each retriever, whether the source is in its top ``depth``."""
+    return [source in ranking[:depth] for ranking in rankings]
+
+
+def passes_roundtrip(hits: Sequence[bool], mode: Literal["any", "all"]) -> bool:
+    """Keep the query when any (or all) retrievers found its source."""
+    return any(hits) if mode == "any" else all(hits)
+
+
+def candidate_list(fused: Sequence[Doc], source: Doc, top_k: int) -> tuple[list[Doc], int]:
+    """The fused top ``top_k`` with the source put in place of the last one if it fell below; and its 1-based fused rank."""
+    rank = list(fused).index(source) + 1
+    top = list(fused[:top_k])
+    if rank > top_k:
+        top[-1] = source
+    return top, rank
+
+
+def read_corpus(path: Path) -> tuple[list[str], list[str]]:
+    """Ids and title + text of ``corpus.jsonl`` (as written by prepare)."""
+    if not path.is_file():
+        raise SpecializeError(f"{path}: not found; run `specialize prepare` first")
+    ids, texts = [], []
+    for number, doc in iter_jsonl(path):
+        if not isinstance(doc.get("_id"), str) or not isinstance(doc.get("text"), str):
+            raise located(path, number, "expected string fields '_id' and 'text' (rerun `specialize prepare`)")
+        ids.append(doc["_id"])
+        texts.append(f"{doc.get('title') or ''} {doc['text']}".strip())
+    if not ids:
+        raise SpecializeError(f"{path}: the corpus is empty")
+    return ids, texts
+
+
+def read_queries(path: Path) -> list[dict[str, Any]]:
+    """The records of ``queries.jsonl``, each checked for the fields mining needs and for unique qids."""
+    if not path.is_file():
+        raise SpecializeError(f"{path}: not found; run `specialize generate` first")
+    queries, seen = [], set()
+    for number, record in iter_jsonl(path):
+        for field in QUERY_FIELDS:
+            if not isinstance(record.get(field), str) or not record[field].strip():
+                problem = "missing field" if field not in record else "expected a non-empty string in field"
+                raise located(path, number, f"{problem} {field!r}")
+        if record["qid"] in seen:
+            raise located(path, number, f"duplicate qid {record['qid']!r}")
+        seen.add(record["qid"])
+        queries.append(record)
+    if not queries:
+        raise SpecializeError(f"{path}: no queries")
+    return queries
+
+
+def mine(workdir: Path, config: MineConfig, prefixes: Mapping[str, PrefixConfig] | None = None) -> dict[str, int | float]:
+    """Write ``candidates.jsonl`` for the work directory's queries; return the counts for the manifest."""
+    ids, texts = read_corpus(workdir / "corpus.jsonl")
+    queries = read_queries(workdir / "queries.jsonl")
+    position = {doc_id: i for i, doc_id in enumerate(ids)}
+    counts: Counter[str] = Counter()
+    for query in queries:
+        if query["source_id"] not in position:
+            counts[f"dropped_source_missing_{query['type']}"] += 1
+    present = [query for query in queries if query["source_id"] in position]
+    retrievers = load_retrievers(config, ids, texts, prefixes)
+    hits: Counter[str] = Counter()
+
+    def records() -> Iterator[dict[str, Any]]:
+        label = "mining · " + " + ".join(retriever.name for retriever in retrievers)
+        with progress_bar(label, total=len(present), unit="queries") as advance:
+            for start in range(0, len(present), BLOCK):
+                block = present[start : start + BLOCK]
+                results = [retriever.retrieve([query["text"] for query in block], config.depth) for retriever in retrievers]
+                for row, query in enumerate(block):
+                    rankings = [result[row][result[row] >= 0].tolist() for result in results]
+                    source = position[query["source_id"]]
+                    found = roundtrip_hits(rankings, source, config.roundtrip_depth)
+                    hits.update(retriever.name for retriever, hit in zip(retrievers, found) if hit)
+                    if not passes_roundtrip(found, config.roundtrip):
+                        counts[f"dropped_roundtrip_{query['type']}"] += 1
+                        continue
+                    fused = [doc for doc, _ in reciprocal_rank_fusion(rankings, config.rrf_k)]
+                    top, rank = candidate_list(fused, source, config.top_k)
+                    counts[f"kept_{query['type']}"] += 1
+                    yield {"qid": query["qid"], "doc_ids": [ids[i] for i in top], "source_rank": rank}
+                advance(len(block))
+
+    write_jsonl(workdir / "candidates.jsonl", records())
+    return _summary(queries, len(ids), counts, hits, len(present), [retriever.name for retriever in retrievers])
+
+
+def _summary(
+    queries: Sequence[Mapping[str, Any]], docs: int, counts: Counter[str], hits: Counter[str], searched: int, names: Sequence[str]
+) -> dict[str, int | float]:
+    """Manifest counts: totals, kept and dropped per reason and per query type, round-trip hit rate per retriever."""
+    types = sorted({query["type"] for query in queries})
+    outcomes = ["kept", *(f"dropped_{reason}" for reason in DROP_REASONS)]
+    summary: dict[str, int | float] = {"queries": len(queries), "docs": docs}
+    summary.update({outcome: sum(counts[f"{outcome}_{kind}"] for kind in types) for outcome in outcomes})
+    summary.update({f"{outcome}_{kind}": counts[f"{outcome}_{kind}"] for kind in types for outcome in outcomes})
+    summary.update({f"roundtrip_rate_{name}": round(hits[name] / searched, 4) if searched else 0.0 for name in names})
+    return summary

@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_evaluate.py
 	$(PY) benchmarks/bench_cpu_backends.py
 	$(PY) benchmarks/bench_prepare.py
+	$(PY) benchmarks/bench_mine.py
 
 clean:
 	rm -rf $(VENV) specialize-work .pytest_cache

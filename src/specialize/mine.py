@@ -1,14 +1,14 @@
 """Candidate mining: BM25 and dense retrievers, reciprocal rank fusion, and the round-trip filter.
 
-Each query is sent to every retriever; their ranked lists are fused by reciprocal rank fusion
-and the query is kept only if its source passage comes back high enough (the round trip).
-Queries go through in blocks, so memory holds one block's hits, never all of them.
+Each retriever ranks every query (in blocks, keeping only int32 corpus positions, no scores);
+their lists are fused by reciprocal rank fusion and a query is kept only if its source passage
+comes back high enough (the round trip). Candidates are streamed to ``candidates.jsonl``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -22,11 +22,16 @@ from specialize.evaluate import IndexKind, build_index, search_index
 from specialize.progress import progress_bar
 
 BM25 = "bm25"
-BLOCK = 1024  # queries retrieved, fused and written per step
+BLOCK = 4096  # queries per retrieval call: FAISS's own query block (smaller calls cost speed)
 QUERY_FIELDS = ("qid", "text", "type", "source_id")  # "generator" is carried by queries.jsonl but not needed here
 DROP_REASONS = ("roundtrip", "source_missing")
 
 Doc = TypeVar("Doc", bound=Hashable)
+Advance = Callable[[int], None]
+
+
+def _no_progress(_: int) -> None:
+    """A progress callback that shows nothing."""
 
 
 class Retriever(Protocol):
@@ -34,7 +39,7 @@ class Retriever(Protocol):
 
     name: str
 
-    def retrieve(self, queries: Sequence[str], depth: int) -> np.ndarray:
+    def retrieve(self, queries: Sequence[str], depth: int, advance: Advance = _no_progress) -> np.ndarray:
         """Corpus positions of the top ``depth`` hits per query, best first; -1 pads a shorter list."""
         ...
 
@@ -55,10 +60,11 @@ class BM25Retriever:
         self.index.index((tokens, self.tokenizer.get_vocab_dict()), show_progress=False)
         self.size = len(texts)
 
-    def retrieve(self, queries: Sequence[str], depth: int) -> np.ndarray:
+    def retrieve(self, queries: Sequence[str], depth: int, advance: Advance = _no_progress) -> np.ndarray:
         """Top ``depth`` by BM25; documents sharing no term with the query (score 0) are left out."""
         tokens = self.tokenizer.tokenize(list(queries), update_vocab=False, return_as="ids", show_progress=False)
         positions, scores = self.index.retrieve(tokens, k=min(depth, self.size), show_progress=False)
+        advance(len(queries))
         return np.where(scores > 0, positions, -1)
 
 
@@ -71,9 +77,18 @@ class DenseRetriever:
         self.batch_size = batch_size
         self.index = build_index(encode_corpus(encoder, ids, texts, batch_size, label=f"{encoder.name} · corpus"), index)
 
-    def retrieve(self, queries: Sequence[str], depth: int) -> np.ndarray:
-        """Top ``depth`` by inner product of normalized embeddings."""
-        return self.search(self.encoder.encode(queries, self.batch_size, kind="query"), depth)
+    def retrieve(self, queries: Sequence[str], depth: int, advance: Advance = _no_progress) -> np.ndarray:
+        """Top ``depth`` by inner product of normalized embeddings; queries encoded longest first, batch by batch."""
+        order = sorted(range(len(queries)), key=lambda i: -len(queries[i]))
+        parts = []
+        for start in range(0, len(order), self.batch_size):
+            batch = [queries[i] for i in order[start : start + self.batch_size]]
+            parts.append(self.encoder.encode(batch, self.batch_size, kind="query"))
+            advance(len(batch))
+        encoded = np.concatenate(parts)
+        embeddings = np.empty_like(encoded)
+        embeddings[order] = encoded
+        return self.search(embeddings, depth)
 
     def search(self, query_embeddings: np.ndarray, depth: int) -> np.ndarray:
         """Top ``depth`` for queries already encoded."""
@@ -83,12 +98,11 @@ class DenseRetriever:
 def load_retrievers(
     config: MineConfig, ids: Sequence[str], texts: Sequence[str], prefixes: Mapping[str, PrefixConfig] | None = None
 ) -> list[Retriever]:
-    """One retriever per name in ``config.retrievers``: ``bm25``, or else a dense model."""
+    """One retriever per configured name: ``bm25``, or else a dense model; models load first so a bad name fails fast."""
     overrides = {key: value.model_dump() for key, value in (prefixes or {}).items()}
+    encoders = {name: load_encoder(name, config.backend, None, overrides) for name in config.retrievers if name != BM25}
     return [
-        BM25Retriever(texts)
-        if name == BM25
-        else DenseRetriever(load_encoder(name, config.backend, None, overrides), ids, texts, config.index, config.batch_size)
+        BM25Retriever(texts) if name == BM25 else DenseRetriever(encoders[name], ids, texts, config.index, config.batch_size)
         for name in config.retrievers
     ]
 
@@ -157,6 +171,19 @@ def read_queries(path: Path) -> list[dict[str, Any]]:
     return queries
 
 
+def retrieve_all(retrievers: Sequence[Retriever], queries: Sequence[str], depth: int) -> list[np.ndarray]:
+    """Each retriever's top ``depth`` corpus positions for every query (int32, -1 padded), with a progress bar each."""
+    results = []
+    for retriever in retrievers:
+        found = np.full((len(queries), depth), -1, dtype=np.int32)
+        with progress_bar(f"{retriever.name} · retrieving", total=len(queries), unit="queries") as advance:
+            for start in range(0, len(queries), BLOCK):
+                block = retriever.retrieve(queries[start : start + BLOCK], depth, advance)
+                found[start : start + len(block), : block.shape[1]] = block
+        results.append(found)
+    return results
+
+
 def mine(workdir: Path, config: MineConfig, prefixes: Mapping[str, PrefixConfig] | None = None) -> dict[str, int | float]:
     """Write ``candidates.jsonl`` for the work directory's queries; return the counts for the manifest."""
     ids, texts = read_corpus(workdir / "corpus.jsonl")
@@ -168,27 +195,22 @@ def mine(workdir: Path, config: MineConfig, prefixes: Mapping[str, PrefixConfig]
             counts[f"dropped_source_missing_{query['type']}"] += 1
     present = [query for query in queries if query["source_id"] in position]
     retrievers = load_retrievers(config, ids, texts, prefixes)
+    results = retrieve_all(retrievers, [query["text"] for query in present], min(config.depth, len(ids)))
     hits: Counter[str] = Counter()
 
     def records() -> Iterator[dict[str, Any]]:
-        label = "mining · " + " + ".join(retriever.name for retriever in retrievers)
-        with progress_bar(label, total=len(present), unit="queries") as advance:
-            for start in range(0, len(present), BLOCK):
-                block = present[start : start + BLOCK]
-                results = [retriever.retrieve([query["text"] for query in block], config.depth) for retriever in retrievers]
-                for row, query in enumerate(block):
-                    rankings = [result[row][result[row] >= 0].tolist() for result in results]
-                    source = position[query["source_id"]]
-                    found = roundtrip_hits(rankings, source, config.roundtrip_depth)
-                    hits.update(retriever.name for retriever, hit in zip(retrievers, found) if hit)
-                    if not passes_roundtrip(found, config.roundtrip):
-                        counts[f"dropped_roundtrip_{query['type']}"] += 1
-                        continue
-                    fused = [doc for doc, _ in reciprocal_rank_fusion(rankings, config.rrf_k)]
-                    top, rank = candidate_list(fused, source, config.top_k)
-                    counts[f"kept_{query['type']}"] += 1
-                    yield {"qid": query["qid"], "doc_ids": [ids[i] for i in top], "source_rank": rank}
-                advance(len(block))
+        for row, query in enumerate(present):
+            rankings = [positions[row][positions[row] >= 0].tolist() for positions in results]
+            source = position[query["source_id"]]
+            in_top = roundtrip_hits(rankings, source, config.roundtrip_depth)
+            hits.update(retriever.name for retriever, hit in zip(retrievers, in_top) if hit)
+            if not passes_roundtrip(in_top, config.roundtrip):
+                counts[f"dropped_roundtrip_{query['type']}"] += 1
+                continue
+            fused = [doc for doc, _ in reciprocal_rank_fusion(rankings, config.rrf_k)]
+            top, rank = candidate_list(fused, source, config.top_k)
+            counts[f"kept_{query['type']}"] += 1
+            yield {"qid": query["qid"], "doc_ids": [ids[i] for i in top], "source_rank": rank}
 
     write_jsonl(workdir / "candidates.jsonl", records())
     return _summary(queries, len(ids), counts, hits, len(present), [retriever.name for retriever in retrievers])

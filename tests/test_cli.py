@@ -35,7 +35,7 @@ def test_help_lists_every_stage():
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["generate", "label", "train", "report", "run", "demo"])
+@pytest.mark.parametrize("command", ["generate", "train", "report", "run", "demo"])
 def test_unbuilt_stages_say_so(command):
     assert_one_line_error(cli(command), "not implemented yet")
 

@@ -158,9 +158,33 @@ def mine(
 
 
 @app.command()
-def label(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
+def label(
+    teacher: Annotated[Optional[str], typer.Option(help="bm25, bi-encoder:<model>, cross-encoder:<model> or ensemble:<member>=<weight>,...")] = None,
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+    sets: SetOption = None,
+    force: ForceOption = False,
+) -> None:
     """Score candidates with the teacher; normalize, filter and split into train/dev."""
-    _not_implemented("label", 4)
+    from specialize.artifacts import Workdir
+    from specialize.label import label as run_label
+    from specialize.label import parse_teacher
+
+    cfg = _config(config, workdir, sets, **{"label.teacher": teacher})
+    parse_teacher(cfg.label.teacher)  # a bad spec fails before any input is read
+    work = Path(cfg.workdir)
+    for name, stage in (("corpus.jsonl", "prepare"), ("queries.jsonl", "generate"), ("candidates.jsonl", "mine")):
+        if not (work / name).is_file():
+            raise SpecializeError(f"{work / name}: not found; run `specialize {stage}` first")
+    manifest = Workdir(work).run_stage(
+        "label",
+        cfg.model_dump(mode="json", include={"label", "prefixes"}),
+        inputs={name: work / f"{name}.jsonl" for name in ("corpus", "queries", "candidates")},
+        outputs=["labels.jsonl", "train.jsonl", "dev.jsonl"],
+        body=lambda: run_label(work, cfg.label, cfg.prefixes),
+        force=force,
+    )
+    _print_counts("label", manifest, work)
 
 
 @app.command()

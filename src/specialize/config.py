@@ -91,15 +91,30 @@ class MineConfig(StrictModel):
 class LabelConfig(StrictModel):
     """Teacher scoring, filtering, normalization and the train/dev split."""
 
-    teacher: str = "fusion:bm25+bundled:minilm"
-    list_size: int = 20
-    min_list_size: int = 20
-    require_source_first: bool = True
-    low_percentile: float = 1.0
-    high_percentile: float = 99.0
-    drop_below_percentile: float = 25.0
-    dev_fraction: float = 0.1
+    teacher: str | list[str] = Field(
+        "ensemble:bm25=1,bi-encoder:bundled:minilm=1",
+        description="bm25, bi-encoder:<model>, cross-encoder:<model>, or ensemble:<member>=<weight>,... (a list = an ensemble of equal weights).",
+    )
+    batch_size: int = Field(32, ge=1, description="Pairs per model call (cross-encoder) / texts per encode (bi-encoder).")
+    backend: Backend = Field("auto", description="Bi-encoder teacher backend.")
+    ensemble_normalization: Literal["percentile", "minmax"] = Field(
+        "percentile", description="How ensemble members' scores are put on one scale per query: percentile ranks or min-max."
+    )
+    query_block: int = Field(16, ge=1, description="Queries scored per batched teacher call; a kill loses at most one block.")
+    list_size: int = Field(20, ge=1, description="Passages kept per query (the teacher's top).")
+    min_list_size: int = Field(20, ge=1, description="Drop a query with fewer candidates than this.")
+    require_source_first: bool = Field(True, description="Drop a query unless the teacher ranks its source passage first.")
+    low_percentile: float = Field(1.0, ge=0, le=100, description="Normalization floor: this percentile of all raw scores maps to 0.")
+    high_percentile: float = Field(99.0, ge=0, le=100, description="Normalization ceiling: this percentile of all raw scores maps to 1.")
+    drop_below_percentile: float = Field(25.0, ge=0, le=100, description="Drop queries whose top normalized score is under this percentile of the top scores.")
+    dev_fraction: float = Field(0.1, ge=0, lt=1, description="Share of kept queries written to dev.jsonl.")
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LabelConfig:
+        if self.low_percentile >= self.high_percentile:
+            raise ValueError(f"low_percentile ({self.low_percentile}) must be below high_percentile ({self.high_percentile})")
+        return self
 
 
 class TrainConfig(StrictModel):

@@ -67,6 +67,13 @@ class BM25Retriever:
         advance(len(queries))
         return np.where(scores > 0, positions, -1)
 
+    def scores(self, query: str) -> np.ndarray:
+        """The BM25 score of every indexed document for one query (0 where it shares no term)."""
+        tokens = self.tokenizer.tokenize([query], update_vocab=False, return_as="ids", show_progress=False)[0]
+        if not len(tokens):
+            return np.zeros(self.size, dtype=np.float32)
+        return np.asarray(self.index.get_scores(list(tokens)), dtype=np.float32)
+
 
 class DenseRetriever:
     """A SentenceTransformer with its corpus embeddings (from the shared cache) in a FAISS index."""

@@ -38,3 +38,15 @@ def scifact_slice(tmp_path_factory):
     rows = [f"{q}\t{d}\t{s}" for q, rels in qrels.items() for d, s in rels.items()]
     (out / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
     return out
+
+
+@pytest.fixture(scope="session")
+def scifact_claims(scifact_slice):
+    """The slice's test claims as queries.jsonl records: type claim, source = first relevant doc."""
+    from specialize.corpus import load_qrels, load_queries
+
+    texts = load_queries(scifact_slice)
+    return [
+        {"qid": qid, "text": texts[qid], "type": "claim", "source_id": next(iter(rels)), "generator": "scifact"}
+        for qid, rels in load_qrels(scifact_slice, "test").items()
+    ]

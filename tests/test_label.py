@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from specialize.config import LabelConfig, MineConfig
-from specialize.corpus import load_qrels, load_queries, prepare
+from specialize.corpus import prepare
 from specialize.errors import SpecializeError
 from specialize.label import (
     BiEncoderTeacher,
@@ -154,15 +154,11 @@ def test_cross_encoder_teacher_with_a_locally_built_model(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, scifact_slice):
+def workdir(tmp_path_factory, scifact_slice, scifact_claims):
     """prepare on the slice; its test claims as queries (source = first relevant doc); BM25 candidates (top 20)."""
     work = tmp_path_factory.mktemp("label")
     prepare(scifact_slice, work, max_passages=20)
-    texts = load_queries(scifact_slice)
-    queries = [
-        {"qid": qid, "text": texts[qid], "type": "claim", "source_id": next(iter(rels)), "generator": "scifact"}
-        for qid, rels in load_qrels(scifact_slice, "test").items()
-    ]
+    queries = [dict(query) for query in scifact_claims]
     (work / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
     mine(work, MineConfig(retrievers=["bm25"], top_k=20, depth=20, roundtrip_depth=20))
     return work

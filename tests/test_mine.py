@@ -9,7 +9,7 @@ import yaml
 
 from specialize import encoder as encoder_module
 from specialize.config import MineConfig
-from specialize.corpus import load_qrels, load_queries, prepare
+from specialize.corpus import prepare
 from specialize.encoder import encode_corpus, load_encoder
 from specialize.errors import SpecializeError
 from specialize.mine import (
@@ -58,17 +58,13 @@ def test_depth_must_cover_top_k_and_roundtrip():
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, scifact_slice):
+def workdir(tmp_path_factory, scifact_slice, scifact_claims):
     """prepare on the slice, then its test claims as queries (source = first relevant doc), plus two that must drop."""
     work = tmp_path_factory.mktemp("mine")
     prepare(scifact_slice, work, max_passages=20)
-    texts = load_queries(scifact_slice)
-    queries = [
-        {"qid": qid, "text": texts[qid], "type": "claim", "source_id": next(iter(rels)), "generator": "scifact"}
-        for qid, rels in load_qrels(scifact_slice, "test").items()
-    ]
+    queries = [dict(query) for query in scifact_claims]
     corpus_ids = read_corpus(work / "corpus.jsonl")[0]
-    queries.append({"qid": "gone", "text": texts[queries[0]["qid"]], "type": "claim", "source_id": "no-such-doc", "generator": "t"})
+    queries.append({"qid": "gone", "text": queries[0]["text"], "type": "claim", "source_id": "no-such-doc", "generator": "t"})
     queries.append({"qid": "noise", "text": "zzyzx qwertyuiop", "type": "keywords", "source_id": corpus_ids[-1], "generator": "t"})
     (work / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
     return work

@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -25,13 +25,6 @@ from specialize import __version__
 from specialize.errors import SpecializeError, located
 
 _HASH_CHUNK = 1 << 20
-
-
-def _open_text(path: Path, mode: str) -> IO[str]:
-    """Open ``path`` as UTF-8 text, through gzip when it ends in ``.gz``."""
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, mode.replace("t", "") + "b"), encoding="utf-8", newline="\n")
-    return open(path, mode, encoding="utf-8", newline="\n")
 
 
 def iter_jsonl(

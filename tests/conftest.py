@@ -50,3 +50,16 @@ def scifact_claims(scifact_slice):
         {"qid": qid, "text": texts[qid], "type": "claim", "source_id": next(iter(rels)), "generator": "scifact"}
         for qid, rels in load_qrels(scifact_slice, "test").items()
     ]
+
+
+TINY_CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+"""A chat template for the bundled gemma-270m, a base model whose GGUF has none."""
+
+
+@pytest.fixture(scope="session")
+def gemma_llama_cpp():
+    """The bundled gemma-270m GGUF through llama.cpp (with a test chat template), loaded once."""
+    from specialize.config import LLMConfig
+    from specialize.llm import load_llm
+
+    return load_llm("bundled:gemma-270m", LLMConfig(backend="llama_cpp", chat_template=TINY_CHAT_TEMPLATE, context_tokens=1024))

@@ -11,21 +11,15 @@ import pytest
 from specialize.config import LabelConfig, MineConfig
 from specialize.corpus import prepare
 from specialize.errors import SpecializeError
-from specialize.label import (
+from specialize.label import dev_split, filter_and_split, label, list_filter, normalize, score_bounds, top_list
+from specialize.teachers import (
     BiEncoderTeacher,
     EnsembleTeacher,
-    dev_split,
-    filter_and_split,
-    label,
-    list_filter,
     load_teacher,
     minmax_scaled,
-    normalize,
     parse_teacher,
     percentile_ranks,
     score_many,
-    score_bounds,
-    top_list,
 )
 from specialize.mine import mine, read_corpus
 from test_cli import assert_one_line_error, cli

@@ -49,11 +49,32 @@ class PrepareConfig(StrictModel):
     seed: int = 42
 
 
+class LLMConfig(StrictModel):
+    """How an instruct LLM runs (query generation, the LLM judge)."""
+
+    backend: Literal["auto", "llama_cpp", "transformers", "vllm", "openai"] = Field(
+        "auto", description="auto: llama_cpp for a GGUF or bundled model, vllm on a GPU when installed, else transformers."
+    )
+    chat_template: str | None = Field(
+        None, description="A Jinja chat template (text, or a path to a file) for a model that has none; None: the model's own."
+    )
+    context_tokens: int = Field(4096, ge=256, description="Context window (llama.cpp n_ctx, vLLM max_model_len).")
+    batch_size: int = Field(8, ge=1, description="Prompts per forward pass (transformers) or per engine call (vLLM).")
+    threads: int | None = Field(None, ge=1, description="llama.cpp CPU threads; None: all cores.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs one model is split over.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM: share of GPU memory it may take.")
+    base_url: str | None = Field(None, description="openai: the server's base URL, e.g. http://localhost:8000/v1.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: the environment variable that holds the API key.")
+    max_concurrency: int = Field(8, ge=1, description="openai: requests in flight at once.")
+    timeout: float = Field(60.0, gt=0, description="openai: seconds before a request is abandoned (and retried).")
+    max_retries: int = Field(5, ge=0, description="openai: retries, with exponential backoff, on 429, 5xx, timeouts.")
+
+
 class GenerateConfig(StrictModel):
     """Synthetic query generation (issue: generate)."""
 
     model: str = "bundled:qwen-0.5b"
-    backend: Literal["llama_cpp", "transformers", "vllm", "openai"] = "llama_cpp"
+    llm: LLMConfig = Field(default_factory=LLMConfig)
     types: list[str] = Field(default_factory=lambda: list(QUERY_TYPES))
     type_weights: dict[str, float] | None = None
     few_shot: int = 3
@@ -100,6 +121,7 @@ class LabelConfig(StrictModel):
     ensemble_normalization: Literal["percentile", "minmax"] = Field(
         "percentile", description="How ensemble members' scores are put on one scale per query: percentile ranks or min-max."
     )
+    llm: LLMConfig = Field(default_factory=LLMConfig, description="How an llm-judge teacher runs.")
     query_block: int = Field(16, ge=1, description="Queries scored per batched teacher call; a kill loses at most one block.")
     list_size: int = Field(20, ge=1, description="Passages kept per query (the teacher's top).")
     min_list_size: int = Field(20, ge=1, description="Drop a query with fewer candidates than this.")

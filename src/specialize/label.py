@@ -5,298 +5,30 @@ to a partial ``labels.jsonl`` query by query (flushed after each), so a killed r
 where it stopped; the finished file is renamed into place. Filtering and normalization are
 pure functions over those raw scores, applied in two streaming passes over ``labels.jsonl``.
 
-Teacher specs (``label.teacher`` or ``--teacher``)::
-
-    bm25                               BM25 (bm25s, same tokenizer and stemmer as mine) over the corpus
-    bi-encoder:<model>                 cosine of a SentenceTransformer's embeddings (query prefix applied)
-    cross-encoder:<model>              a sentence-transformers CrossEncoder (HF id, path or bundled:<alias>)
-    ensemble:<member>=<w>,<member>=<w> weighted mean of the members' per-query percentile ranks
-
-A list in the config (``teacher: [bm25, bi-encoder:bundled:minilm]``) is an ensemble of its
-members; ``=<w>`` is optional (weight 1).
+The teachers themselves live in ``specialize.teachers``.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
 import random
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from specialize.artifacts import atomic_path, fingerprint, iter_jsonl
 from specialize.config import LabelConfig, PrefixConfig
 from specialize.errors import SpecializeError, located
-from specialize.mine import BM25, BM25Retriever, read_corpus, read_queries
+from specialize.mine import read_corpus, read_queries
 from specialize.progress import progress_bar
+from specialize.teachers import Teacher, TeacherSpec, load_teacher, parse_teacher, score_many
 
-KINDS = ("bm25", "bi-encoder", "cross-encoder", "ensemble")
 DROP_REASONS = ("source_not_first", "short_list", "low_top_score")
-SYNTAX = "use bm25, bi-encoder:<model>, cross-encoder:<model> or ensemble:<member>=<weight>,..."
-
-
-class Teacher(Protocol):
-    """Anything that scores a query's passages; higher is more relevant."""
-
-    name: str
-
-    def score(self, query: str, passages: Sequence[str]) -> list[float]:
-        """One score per passage, in the order given."""
-        ...
-
-
-Item = tuple[str, Sequence[str]]
-
-
-def score_many(teacher: Teacher, items: Sequence[Item]) -> list[list[float]]:
-    """Scores for several (query, passages) at once: the teacher's own batched ``score_many`` when it has one."""
-    batched = getattr(teacher, "score_many", None)
-    if batched is not None:
-        return batched(items)
-    return [teacher.score(query, passages) for query, passages in items]
-
-
-# ---------------------------------------------------------------------------------------------
-# Teacher specs
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    """A parsed teacher spec: a kind, a model name (bi-/cross-encoder) or members with weights (ensemble)."""
-
-    kind: str
-    model: str | None = None
-    members: tuple[tuple[TeacherSpec, float], ...] = ()
-
-    def __str__(self) -> str:
-        if self.kind == "ensemble":
-            return "ensemble:" + ",".join(f"{member}={weight:g}" for member, weight in self.members)
-        return self.kind if self.model is None else f"{self.kind}:{self.model}"
-
-
-def parse_teacher(spec: str | Sequence[str]) -> TeacherSpec:
-    """Parse a teacher spec (see the module doc); a list is an ensemble. Raises a one-line SpecializeError."""
-    if not isinstance(spec, str):
-        if not spec:
-            raise SpecializeError(f"teacher: an empty list; {SYNTAX}")
-        return _ensemble(list(spec), str(list(spec)))
-    text = spec.strip()
-    if text.startswith("ensemble:"):
-        return _ensemble([part for part in text[len("ensemble:") :].split(",")], spec)
-    return _single(text, spec)
-
-
-def _single(text: str, whole: str) -> TeacherSpec:
-    kind, _, model = text.partition(":")
-    if text == BM25:
-        return TeacherSpec("bm25")
-    if kind in ("bi-encoder", "cross-encoder"):
-        if not model.strip():
-            raise SpecializeError(f"teacher {whole!r}: {kind} needs a model, e.g. {kind}:bundled:minilm")
-        return TeacherSpec(kind, model.strip())
-    if kind == "ensemble":
-        raise SpecializeError(f"teacher {whole!r}: an ensemble cannot contain another ensemble; list its members instead")
-    close = difflib.get_close_matches(kind, KINDS, n=1, cutoff=0.5)
-    if close and close[0] != kind:
-        hint = f"did you mean {close[0] + (':' + model if model else '')!r}?"
-    elif kind in ("bundled", "hf") or "/" in text or Path(text).exists():
-        hint = f"did you mean 'bi-encoder:{text}' or 'cross-encoder:{text}'?"
-    else:
-        hint = SYNTAX
-    raise SpecializeError(f"teacher {whole!r}: unknown teacher {text!r} ({hint})")
-
-
-def _ensemble(parts: list[str], whole: str) -> TeacherSpec:
-    members = []
-    for part in parts:
-        member, sep, raw = part.strip().rpartition("=")
-        if not sep:
-            member, raw = part.strip(), "1"
-        try:
-            weight = float(raw)
-        except ValueError:
-            weight = -1.0
-        if not member or weight <= 0 or not np.isfinite(weight):
-            raise SpecializeError(f"teacher {whole!r}: bad ensemble member {part.strip()!r} (write <member>=<positive weight>, e.g. bm25=1)")
-        members.append((_single(member, whole), weight))
-    if not members:
-        raise SpecializeError(f"teacher {whole!r}: an ensemble needs members; {SYNTAX}")
-    return TeacherSpec("ensemble", members=tuple(members))
-
-
-# ---------------------------------------------------------------------------------------------
-# Teachers
-
-
-class BM25Teacher:
-    """BM25 scores of the passages for the query, with the corpus's statistics (mine's BM25 index)."""
-
-    name = "bm25"
-
-    def __init__(self, texts: Sequence[str]) -> None:
-        self.retriever = BM25Retriever(texts)
-        self.position = {text: i for i, text in enumerate(texts)}
-
-    def score(self, query: str, passages: Sequence[str]) -> list[float]:
-        missing = [p for p in passages if p not in self.position]
-        if missing:
-            raise SpecializeError(f"bm25 teacher: a passage is not in the corpus ({missing[0][:60]!r}...)")
-        scores = self.retriever.scores(query)
-        return [float(scores[self.position[p]]) for p in passages]
-
-
-class BiEncoderTeacher:
-    """Cosine similarity of normalized embeddings; corpus passages come from the shared embedding cache."""
-
-    def __init__(self, encoder: Any, batch_size: int = 32, corpus: tuple[Sequence[str], Sequence[str]] | None = None) -> None:
-        self.name = f"bi-encoder:{encoder.name}"
-        self.encoder = encoder
-        self.batch_size = batch_size
-        self.position: dict[str, int] = {}
-        self.embeddings: np.ndarray | None = None
-        if corpus is not None:
-            from specialize.encoder import encode_corpus
-
-            ids, texts = corpus
-            self.embeddings = encode_corpus(encoder, ids, texts, batch_size, label=f"{encoder.name} · corpus")
-            self.position = {text: i for i, text in enumerate(texts)}
-
-    def score(self, query: str, passages: Sequence[str]) -> list[float]:
-        return self.score_many([(query, passages)])[0]
-
-    def score_many(self, items: Sequence[Item]) -> list[list[float]]:
-        """Queries encoded in one call; passages from the corpus cache, or encoded in one call."""
-        if not items:
-            return []
-        queries = self.encoder.encode([query for query, _ in items], self.batch_size, kind="query")
-        passages = [p for _, group in items for p in group]
-        if self.embeddings is not None and all(p in self.position for p in passages):
-            embedded = self.embeddings[[self.position[p] for p in passages]] if passages else np.zeros((0, queries.shape[1]))
-        else:
-            embedded = self.encoder.encode(passages, self.batch_size, kind="passage") if passages else np.zeros((0, queries.shape[1]))
-        out, start = [], 0
-        for row, (_, group) in enumerate(items):
-            out.append([float(x) for x in embedded[start : start + len(group)] @ queries[row]])
-            start += len(group)
-        return out
-
-
-class CrossEncoderTeacher:
-    """A sentence-transformers CrossEncoder on (query, passage) pairs, longest passages first per batch."""
-
-    def __init__(self, model_name: str, batch_size: int = 32) -> None:
-        import warnings
-
-        from sentence_transformers import CrossEncoder
-
-        from specialize.models import resolve_model
-
-        self.name = f"cross-encoder:{model_name}"
-        self.batch_size = batch_size
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.model = CrossEncoder(resolve_model(model_name))
-        except (OSError, ValueError) as exc:
-            raise SpecializeError(f"{model_name}: cannot load the cross-encoder ({str(exc).splitlines()[0]})") from None
-
-    def score(self, query: str, passages: Sequence[str]) -> list[float]:
-        return self.score_many([(query, passages)])[0]
-
-    def score_many(self, items: Sequence[Item]) -> list[list[float]]:
-        """All pairs of all items in one predict call, longest first so each batch pads little."""
-        pairs = [(query, passage) for query, group in items for passage in group]
-        if not pairs:
-            return [[] for _ in items]
-        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-        scores = self.model.predict(
-            [pairs[i] for i in order], batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True
-        )
-        flat = np.empty(len(order), dtype=np.float32)
-        flat[order] = np.asarray(scores, dtype=np.float32).reshape(len(order), -1)[:, 0]
-        out, start = [], 0
-        for _, group in items:
-            out.append([float(x) for x in flat[start : start + len(group)]])
-            start += len(group)
-        return out
-
-
-def percentile_ranks(scores: Sequence[float]) -> np.ndarray:
-    """Each score's percentile rank among ``scores`` in [0, 1]: 0 the lowest, 1 the highest, ties share the mean rank."""
-    values = np.asarray(scores, dtype=np.float64)
-    if len(values) <= 1:
-        return np.ones(len(values))
-    ordered = np.sort(values)
-    below = np.searchsorted(ordered, values, side="left")
-    upto = np.searchsorted(ordered, values, side="right")
-    return (below + upto - 1) / 2 / (len(values) - 1)
-
-
-def minmax_scaled(scores: Sequence[float]) -> np.ndarray:
-    """Scores min-max scaled to [0, 1] within the list (all equal: 0.5 each; a single score: 1)."""
-    values = np.asarray(scores, dtype=np.float64)
-    if len(values) <= 1:
-        return np.ones(len(values))
-    spread = values.max() - values.min()
-    return (values - values.min()) / spread if spread > 0 else np.full(len(values), 0.5)
-
-
-NORMALIZERS = {"percentile": percentile_ranks, "minmax": minmax_scaled}
-
-
-class EnsembleTeacher:
-    """The weighted mean of member teachers' scores, each normalized per query so their scales do not matter.
-
-    ``percentile`` (default): each score's percentile rank among the member's scores for the query;
-    ``minmax``: the member's scores for the query min-max scaled to [0, 1] (keeps the margins).
-    """
-
-    def __init__(self, members: Sequence[tuple[Teacher, float]], normalization: str = "percentile") -> None:
-        self.members = list(members)
-        self.normalize = NORMALIZERS[normalization]
-        self.name = "ensemble:" + ",".join(f"{teacher.name}={weight:g}" for teacher, weight in self.members)
-
-    def score(self, query: str, passages: Sequence[str]) -> list[float]:
-        return self.score_many([(query, passages)])[0]
-
-    def score_many(self, items: Sequence[Item]) -> list[list[float]]:
-        total = sum(weight for _, weight in self.members)
-        fused = [np.zeros(len(passages)) for _, passages in items]
-        for teacher, weight in self.members:
-            for row, scores in enumerate(score_many(teacher, items)):
-                fused[row] += weight * self.normalize(scores)
-        return [[float(x) for x in row / total] for row in fused]
-
-
-def load_teacher(
-    spec: str | Sequence[str] | TeacherSpec,
-    config: LabelConfig | None = None,
-    corpus: tuple[Sequence[str], Sequence[str]] | None = None,
-    prefixes: Mapping[str, PrefixConfig] | None = None,
-) -> Teacher:
-    """Build the teacher a spec names; ``corpus`` (ids, texts) is needed by bm25 and lets a bi-encoder use the cache."""
-    parsed = spec if isinstance(spec, TeacherSpec) else parse_teacher(spec)
-    config = config or LabelConfig()
-    if parsed.kind == "ensemble":
-        members = [(load_teacher(member, config, corpus, prefixes), weight) for member, weight in parsed.members]
-        return EnsembleTeacher(members, config.ensemble_normalization)
-    if parsed.kind == "bm25":
-        if corpus is None:
-            raise SpecializeError("bm25 teacher: needs the corpus for its term statistics")
-        return BM25Teacher(corpus[1])
-    if parsed.kind == "bi-encoder":
-        from specialize.encoder import load_encoder
-
-        overrides = {key: value.model_dump() for key, value in (prefixes or {}).items()}
-        return BiEncoderTeacher(load_encoder(parsed.model, config.backend, None, overrides), config.batch_size, corpus)
-    return CrossEncoderTeacher(parsed.model, config.batch_size)
 
 
 # ---------------------------------------------------------------------------------------------

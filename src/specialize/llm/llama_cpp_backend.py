@@ -1,0 +1,100 @@
+"""llama.cpp through llama-cpp-python: GGUF models on CPU (or Metal/CUDA builds), the CPU default.
+
+Prompts are rendered with the GGUF's own chat template (or ``llm.chat_template``) by
+llama-cpp-python's Jinja formatter. Generation samples with ``create_completion``; the judge
+evaluates the prompt itself so that the key-value cache of the prefix shared with the previous
+prompt (system text and query, since the judge puts the query first) is kept and only the rest
+is decoded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from specialize.config import LLMConfig
+from specialize.errors import SpecializeError
+from specialize.llm import Messages, answer_token_ids, chat_template, local_model, log_odds, require
+
+HINT = "pip install llama-cpp-python==0.3.36; it builds from source in about 12 minutes"
+
+
+def _load(model: str, config: LLMConfig, seed: int):
+    """A ``llama_cpp.Llama`` for a GGUF path, bundled alias or ``owner/repo:file-pattern.gguf`` on the Hub."""
+    llama_cpp = require("llama_cpp", "llama_cpp", HINT)
+    options = {"n_ctx": config.context_tokens, "n_threads": config.threads or os.cpu_count(), "seed": seed, "verbose": False}
+    repo, sep, pattern = model.partition(":")
+    if sep and "/" in repo and pattern.lower().endswith(".gguf") and not model.startswith("bundled:"):
+        try:
+            return llama_cpp.Llama.from_pretrained(repo_id=repo, filename=pattern, **options)
+        except Exception as exc:  # the hub client raises many types; all mean "cannot get it"
+            raise SpecializeError(f"{model}: cannot download the GGUF ({str(exc).splitlines()[0]})") from None
+    path = local_model(model)
+    if not path.lower().endswith(".gguf"):
+        raise SpecializeError(f"{model}: the llama_cpp backend needs a .gguf file (or owner/repo:file.gguf); use backend transformers for other models")
+    try:
+        return llama_cpp.Llama(model_path=path, **options)
+    except ValueError as exc:
+        raise SpecializeError(f"{path}: llama.cpp cannot load it ({str(exc).splitlines()[0]})") from None
+
+
+class LlamaCppBackend:
+    """An instruct GGUF model run by llama.cpp."""
+
+    def __init__(self, model: str, config: LLMConfig | None = None, seed: int = 0) -> None:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        config = config or LLMConfig()
+        self.name = model
+        self.llm = _load(model, config, seed)
+        template = chat_template(config) or self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise SpecializeError(f"{model}: the GGUF has no chat template (use an instruct model, or set llm.chat_template)")
+        special = lambda token: self.llm.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""  # noqa: E731
+        self.formatter = Jinja2ChatFormatter(template, eos_token=special(self.llm.token_eos()), bos_token=special(self.llm.token_bos()))
+        self.yes_ids, self.no_ids = answer_token_ids(lambda word: self.llm.tokenize(word.encode(), add_bos=False, special=False))
+
+    def render(self, messages: Messages) -> list[int]:
+        """The chat template applied to ``messages`` with the generation prompt, as tokens (one BOS at most)."""
+        prompt = self.formatter(messages=messages).prompt
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        bos = self.llm.token_bos()
+        wants_bos = self.llm._model.add_bos_token() and bos >= 0
+        return [bos, *tokens] if wants_bos and tokens[:1] != [bos] else tokens
+
+    def generate(self, prompts: Sequence[Messages], *, temperature: float, max_new_tokens: int, seeds: Sequence[int]) -> list[str]:
+        """One completion per prompt, each seeded with its own seed; stops at the end-of-turn token.
+
+        Each prompt is decoded from scratch: a reused prefix changes the logits slightly (other
+        kernels run on a shorter batch), which would make a seed give different text.
+        """
+        out = []
+        for messages, seed in zip(prompts, seeds):
+            self.llm.reset()
+            result = self.llm.create_completion(self.render(messages), temperature=temperature, max_tokens=max_new_tokens, seed=seed)
+            out.append(result["choices"][0]["text"])
+        return out
+
+    def yes_no(self, prompts: Sequence[Messages]) -> list[float]:
+        """Next-token log-odds of yes vs no, decoding only what differs from the previous prompt."""
+        return [log_odds(self.next_token_logits(self.render(messages)), self.yes_ids, self.no_ids) for messages in prompts]
+
+    def next_token_logits(self, tokens: list[int]) -> np.ndarray:
+        """Logits of the token after ``tokens``, reusing the cached prefix shared with the last call."""
+        if len(tokens) >= self.llm.n_ctx():
+            raise SpecializeError(f"{self.name}: a judge prompt of {len(tokens)} tokens exceeds the context ({self.llm.n_ctx()}); raise llm.context_tokens")
+        cached = self.llm.input_ids[: self.llm.n_tokens]
+        shared = 0
+        limit = min(len(cached), len(tokens) - 1)  # at least one token must be decoded to get fresh logits
+        while shared < limit and cached[shared] == tokens[shared]:
+            shared += 1
+        if not self.llm._ctx.kv_cache_seq_rm(-1, shared, -1):  # some caches (sliding-window) cannot cut a suffix
+            shared = 0
+            self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        self.llm.n_tokens = shared
+        self.llm.eval(tokens[shared:])
+        import llama_cpp
+
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.llm.ctx), shape=(self.llm.n_vocab(),)).copy()

@@ -71,15 +71,21 @@ class LLMConfig(StrictModel):
 
 
 class GenerateConfig(StrictModel):
-    """Synthetic query generation (issue: generate)."""
+    """Synthetic query generation: one query per sampled passage, of a type drawn from a mixture."""
 
-    model: str = "bundled:qwen-0.5b"
+    model: str = Field("bundled:qwen-0.5b", description="Instruct LLM: GGUF path, HF id, bundled:<alias>, or a served model name.")
     llm: LLMConfig = Field(default_factory=LLMConfig)
-    types: list[str] = Field(default_factory=lambda: list(QUERY_TYPES))
-    type_weights: dict[str, float] | None = None
-    few_shot: int = 3
-    temperature: float = 0.8
-    max_new_tokens: int = 50
+    types: list[str] = Field(default_factory=lambda: list(QUERY_TYPES), min_length=1, description="Query types in the mixture.")
+    type_weights: dict[str, float] | None = Field(None, description="Relative weight per type; None: uniform.")
+    prompts: list[str] = Field(default_factory=list, description="Extra prompt-type YAML files or folders (new types, extra examples).")
+    few_shot: int = Field(3, ge=0, description="Examples drawn from the bank per prompt.")
+    temperature: float = Field(0.8, ge=0)
+    max_new_tokens: int = Field(50, ge=1)
+    passage_tokens: int = Field(384, ge=16, description="The passage is cut to this many tokens in the prompt.")
+    min_chars: int = Field(5, ge=1, description="Shorter queries are dropped.")
+    max_chars: int = Field(300, ge=1, description="Longer queries are dropped.")
+    max_copied_words: int = Field(10, ge=2, description="Drop a query that copies this many consecutive words of its passage.")
+    block: int = Field(8, ge=1, description="Prompts per backend call; a kill loses at most one block.")
     seed: int = 42
 
 

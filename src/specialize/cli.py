@@ -126,9 +126,37 @@ def _not_implemented(stage: str, issue: int) -> None:
 
 
 @app.command()
-def generate(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
-    """Write synthetic queries of many types for the sampled passages."""
-    _not_implemented("generate", 3)
+def generate(
+    model: Annotated[Optional[str], typer.Option(help="Instruct LLM: GGUF path, HF id, bundled:<alias>, or the model a server serves.")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto, llama_cpp, transformers, vllm or openai.")] = None,
+    types: Annotated[Optional[str], typer.Option(help="Query types in the mixture, comma-separated: question,claim,...")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="openai backend: the server's base URL, e.g. http://localhost:8000/v1.")] = None,
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+    sets: SetOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Write one synthetic query per sampled passage, of a type drawn from the mixture."""
+    from specialize.artifacts import Workdir
+    from specialize.generate.stage import generate as run_generate
+
+    type_list = [name.strip() for name in types.split(",") if name.strip()] if types is not None else None
+    cfg = _config(
+        config, workdir, sets,
+        **{"generate.model": model, "generate.llm.backend": backend, "generate.types": type_list, "generate.llm.base_url": base_url},
+    )
+    work = Path(cfg.workdir)
+    if not (work / "passages.jsonl").is_file():
+        raise SpecializeError(f"{work / 'passages.jsonl'}: not found; run `specialize prepare` first")
+    manifest = Workdir(work).run_stage(
+        "generate",
+        cfg.generate,
+        inputs={"passages": work / "passages.jsonl", **{f"prompts_{i}": path for i, path in enumerate(cfg.generate.prompts)}},
+        outputs=["generations.jsonl", "queries.jsonl"],
+        body=lambda: run_generate(work, cfg.generate),
+        force=force,
+    )
+    _print_counts("generate", manifest, work)
 
 
 @app.command()
@@ -157,34 +185,63 @@ def mine(
     _print_counts("mine", manifest, work)
 
 
+AUDIT_INPUTS = {"label": True, "prefixes": True, "mine": True, "train": {"student"}, "prepare": {"corpus"}}
+"""The config the label stage depends on when it audits: the student, the retrievers and the corpus source too."""
+
+
 @app.command()
 def label(
-    teacher: Annotated[Optional[str], typer.Option(help="bm25, bi-encoder:<model>, cross-encoder:<model> or ensemble:<member>=<weight>,...")] = None,
+    teacher: Annotated[Optional[str], typer.Option(help="bm25, bi-encoder:<model>, cross-encoder:<model>, monot5:<model>, rankt5:<model>, llm-judge:<model> or ensemble:<member>=<weight>,...")] = None,
+    audit: Annotated[Optional[bool], typer.Option("--audit/--no-audit", help="Audit the teacher against the student [default: when the corpus has qrels].")] = None,
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
     sets: SetOption = None,
     force: ForceOption = False,
 ) -> None:
-    """Score candidates with the teacher; normalize, filter and split into train/dev."""
+    """Score candidates with the teacher; normalize, filter and split into train/dev; audit the teacher."""
     from specialize.artifacts import Workdir
     from specialize.label import label as run_label
-    from specialize.label import parse_teacher
+    from specialize.label import parse_teacher, wants_audit
 
-    cfg = _config(config, workdir, sets, **{"label.teacher": teacher})
+    audit_mode = None if audit is None else ("always" if audit else "never")
+    cfg = _config(config, workdir, sets, **{"label.teacher": teacher, "label.audit": audit_mode})
     parse_teacher(cfg.label.teacher)  # a bad spec fails before any input is read
     work = Path(cfg.workdir)
     for name, stage in (("corpus.jsonl", "prepare"), ("queries.jsonl", "generate"), ("candidates.jsonl", "mine")):
         if not (work / name).is_file():
             raise SpecializeError(f"{work / name}: not found; run `specialize {stage}` first")
+    outputs = ["labels.jsonl", "train.jsonl", "dev.jsonl", *(["audit.json"] if wants_audit(cfg) else [])]
     manifest = Workdir(work).run_stage(
         "label",
-        cfg.model_dump(mode="json", include={"label", "prefixes"}),
+        cfg.model_dump(mode="json", include=AUDIT_INPUTS if "audit.json" in outputs else {"label": True, "prefixes": True}),
         inputs={name: work / f"{name}.jsonl" for name in ("corpus", "queries", "candidates")},
-        outputs=["labels.jsonl", "train.jsonl", "dev.jsonl"],
-        body=lambda: run_label(work, cfg.label, cfg.prefixes),
+        outputs=outputs,
+        body=lambda: run_label(work, cfg.label, cfg.prefixes, audit_with=cfg),
         force=force,
     )
     _print_counts("label", manifest, work)
+    _print_audit(work)
+
+
+def _print_audit(work: Path) -> None:
+    """The audit table, and its warning in red when the teacher does not beat the student."""
+    import json
+
+    path = work / "audit.json"
+    if not path.is_file():
+        return
+    report = json.loads(path.read_text())
+    table = Table(title=f"teacher audit: {report['teacher']} vs student {report['student']}")
+    for column in ("queries", "n", "teacher nDCG@10", "student nDCG@10", "teacher MRR@10", "student MRR@10"):
+        table.add_column(column, justify="left" if column == "queries" else "right")
+    for basis, title in (("synthetic", "synthetic (source passage)"), ("qrels", "human (qrels)")):
+        if report.get(basis):
+            row = report[basis]
+            name = f"{title}, {row['split']} split" if basis == "qrels" else title
+            table.add_row(name, str(row["queries"]), *(f"{row[w][m]:.2f}" for m in ("ndcg@10", "mrr@10") for w in ("teacher", "student")))
+    console.print(table)
+    if report.get("warning"):
+        Console(stderr=True).print(f"[bold red]WARNING:[/bold red] {report['warning']}", highlight=False, soft_wrap=True)
 
 
 @app.command()

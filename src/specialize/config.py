@@ -128,6 +128,10 @@ class LabelConfig(StrictModel):
         "percentile", description="How ensemble members' scores are put on one scale per query: percentile ranks or min-max."
     )
     llm: LLMConfig = Field(default_factory=LLMConfig, description="How an llm-judge teacher runs.")
+    audit: Literal["auto", "always", "never"] = Field(
+        "auto", description="Teacher vs student audit: auto runs it when the corpus source has qrels (audit.json)."
+    )
+    audit_queries: int = Field(100, ge=1, description="Queries per audit (synthetic, and judged when there are qrels).")
     query_block: int = Field(16, ge=1, description="Queries scored per batched teacher call; a kill loses at most one block.")
     list_size: int = Field(20, ge=1, description="Passages kept per query (the teacher's top).")
     min_list_size: int = Field(20, ge=1, description="Drop a query with fewer candidates than this.")
@@ -148,24 +152,41 @@ class LabelConfig(StrictModel):
 class TrainConfig(StrictModel):
     """Student fine-tuning: listwise KL distillation + masked InfoNCE (or a baseline loss)."""
 
-    student: str = "bundled:minilm"
-    loss: Literal["listwise", "infonce", "marginmse"] = "listwise"
-    teacher_temperature: float = 0.3
-    student_temperature: float = 0.05
-    infonce_weight: float = 0.1
-    infonce_temperature: float = 0.01
-    false_negative_ratio: float = 0.6
-    passages_per_query: int = 20
-    learning_rate: float | None = Field(None, description="None: chosen by model size.")
-    weight_decay: float = 0.01
-    warmup_epochs: float = 0.5
-    max_grad_norm: float = 1.0
-    epochs: int = 1
-    batch_size: int = 32
-    query_max_length: int = 64
-    passage_max_length: int = 512
-    early_stopping_patience: int = 2
-    keep_worse: bool = False
+    student: str = Field("bundled:minilm", description="The model to specialize: HF id, path or bundled:<alias>.")
+    loss: Literal["listwise", "infonce", "marginmse"] = Field(
+        "listwise", description="listwise: KL + 0.1 x masked InfoNCE (the papers'); infonce and marginmse: baselines."
+    )
+    teacher_temperature: float = Field(0.3, gt=0, description="Softmax temperature of the teacher's [0, 1] scores.")
+    student_temperature: float = Field(
+        0.05, gt=0, description="Softmax temperature of the student's cosines (also the infonce baseline's temperature)."
+    )
+    infonce_weight: float = Field(0.1, ge=0, description="listwise: weight of the InfoNCE term.")
+    infonce_temperature: float = Field(0.01, gt=0, description="listwise: temperature of the InfoNCE term.")
+    false_negative_ratio: float | None = Field(
+        0.6, ge=0, le=1,
+        description="Mask a query's own passages scoring above this share of its top score out of the InfoNCE negatives (listwise and infonce); None: mask none.",
+    )
+    passages_per_query: int = Field(20, ge=2, description="The teacher's top passages per query trained on.")
+    learning_rate: float | None = Field(None, gt=0, description="None: chosen by the student's parameter count (see README).")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_epochs: float = Field(0.5, ge=0, description="Linear warmup over this many epochs, then linear decay to 0.")
+    max_grad_norm: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(32, ge=1, description="Queries per optimizer step on each device (each with passages_per_query passages).")
+    mini_batch_size: int | None = Field(
+        None, ge=1, description="Gradient caching: texts embedded per forward pass when smaller than batch_size; None: no caching."
+    )
+    query_max_length: int = Field(64, ge=1, description="Query tokens kept (capped by the model's own limit).")
+    passage_max_length: int = Field(512, ge=1, description="Passage tokens kept (capped by the model's own limit).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU that supports it, else fp32.")
+    eval_steps: float = Field(0.1, gt=0, description="Dev loss and a checkpoint every this many steps (< 1: this share of the run).")
+    logging_steps: float = Field(0.01, gt=0, description="Training loss logged every this many steps (< 1: this share of the run).")
+    early_stopping_patience: int | None = Field(2, ge=1, description="Stop after this many dev evaluations without a lower loss; None: never.")
+    keep_worse: bool = Field(False, description="Publish the trained model even when it ranks the dev lists worse than the base model.")
+    resume: bool = Field(False, description="Continue from the last checkpoint of an interrupted run with the same config and data.")
+    output: str = Field("models/student", description="Where the model is published, relative to the work directory.")
+    report_to: str | list[str] = Field("all", description="Trainer loggers: all (every installed one: TensorBoard, W&B...), none, or a list.")
     seed: int = 42
 
 

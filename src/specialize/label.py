@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from specialize.artifacts import atomic_path, fingerprint, iter_jsonl
-from specialize.config import LabelConfig, PrefixConfig
+from specialize.artifacts import atomic_path, finish_partial, finished_with_key, fingerprint, iter_jsonl, resume_partial
+from specialize.audit import audit, judged_queries
+from specialize.config import Config, LabelConfig, PrefixConfig
 from specialize.errors import SpecializeError, located
 from specialize.mine import read_corpus, read_queries
 from specialize.progress import progress_bar
-from specialize.teachers import Teacher, TeacherSpec, load_teacher, parse_teacher, score_many
+from specialize.teachers import Teacher, TeacherSpec, load_teacher, needs_corpus, parse_teacher, score_many
 
 DROP_REASONS = ("source_not_first", "short_list", "low_top_score")
 
@@ -97,18 +98,6 @@ def _labels_key(teacher: TeacherSpec, workdir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _resume(partial: Path) -> set[str]:
-    """The qids already in a partial labels file, after cutting off a torn last line."""
-    if not partial.is_file():
-        return set()
-    data = partial.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with open(partial, "r+b") as handle:
-            handle.truncate(end)
-    return {record["qid"] for _, record in iter_jsonl(partial)}
-
-
 def score_candidates(
     workdir: Path,
     teacher: Teacher,
@@ -123,12 +112,7 @@ def score_candidates(
     appended and flushed as soon as its block is scored, so a kill loses at most one block.
     """
     final = workdir / "labels.jsonl"
-    key_file = workdir / ".labels.key"
-    partial = workdir / f".labels.jsonl.{key}.partial"
-    for stale in workdir.glob(".labels.jsonl.*.partial"):
-        if stale != partial:
-            stale.unlink()
-    done = _resume(partial)
+    partial, done = resume_partial(final, key, "qid")
     candidates = workdir / "candidates.jsonl"
     todo = sum(len(r["doc_ids"]) for _, r in read_candidates(candidates, queries) if r["qid"] not in done)
     seen: set[str] = set(done)
@@ -158,9 +142,7 @@ def score_candidates(
                 flush_block()
         flush_block()
         os.fsync(out.fileno())
-    key_file.unlink(missing_ok=True)
-    os.replace(partial, final)
-    key_file.write_text(key + "\n")
+    finish_partial(final, key)
     return {"labels_reused": 0, "labels_resumed": len(done)}
 
 
@@ -169,18 +151,26 @@ def score_candidates(
 
 
 def label(
-    workdir: Path, config: LabelConfig, prefixes: Mapping[str, PrefixConfig] | None = None, teacher: Teacher | None = None
+    workdir: Path,
+    config: LabelConfig,
+    prefixes: Mapping[str, PrefixConfig] | None = None,
+    teacher: Teacher | None = None,
+    audit_with: Config | None = None,
 ) -> dict[str, int | float]:
     """Write labels.jsonl, train.jsonl and dev.jsonl for the work directory; return the manifest counts.
 
-    ``teacher`` replaces the one ``config.teacher`` names (tests, benchmarks).
+    ``teacher`` replaces the one ``config.teacher`` names (tests, benchmarks). With ``audit_with``
+    (the whole run's config) the teacher audit runs too, as ``label.audit`` says, and writes audit.json.
     """
     spec = parse_teacher(config.teacher)
-    ids, texts = read_corpus(workdir / "corpus.jsonl")
     query_list = read_queries(workdir / "queries.jsonl")
     if not (workdir / "candidates.jsonl").is_file():
         raise SpecializeError(f"{workdir / 'candidates.jsonl'}: not found; run `specialize mine` first")
     queries = {q["qid"]: q for q in query_list}
+    auditing = audit_with is not None and wants_audit(audit_with)
+    # Pointwise teachers need only the candidates' texts: memory stays flat as the corpus grows.
+    needed = None if auditing or needs_corpus(spec) else {d for _, r in read_candidates(workdir / "candidates.jsonl", queries) for d in r["doc_ids"]}
+    ids, texts = read_corpus(workdir / "corpus.jsonl", needed)
     key = _labels_key(spec, workdir)
     key_file = workdir / ".labels.key"
     if (workdir / "labels.jsonl").is_file() and key_file.is_file() and key_file.read_text().strip() == key:
@@ -188,7 +178,27 @@ def label(
     else:
         teacher = teacher or load_teacher(spec, config, (ids, texts), prefixes)
         scored = score_candidates(workdir, teacher, dict(zip(ids, texts)), queries, key, config.query_block)
-    return {**filter_and_split(workdir, queries, config), **scored}
+    counts = {**filter_and_split(workdir, queries, config), **scored}
+    (workdir / "audit.json").unlink(missing_ok=True)
+    if auditing:
+        teacher = teacher or load_teacher(spec, config, (ids, texts), prefixes)
+        counts.update(audit_counts(audit(workdir, audit_with, teacher, (ids, texts), queries)))
+    return counts
+
+
+def wants_audit(config: Config) -> bool:
+    """``always``; or ``auto`` when the corpus source has judged queries."""
+    return config.label.audit == "always" or (config.label.audit == "auto" and judged_queries(config.prepare.corpus) is not None)
+
+
+def audit_counts(report: Mapping[str, Any]) -> dict[str, float]:
+    """The audit's numbers as flat manifest counts."""
+    out: dict[str, float] = {}
+    for basis in ("synthetic", "qrels"):
+        for who in ("teacher", "student"):
+            if report.get(basis):
+                out[f"audit_{basis}_{who}_ndcg@10"] = report[basis][who]["ndcg@10"]
+    return out
 
 
 def filter_and_split(workdir: Path, queries: Mapping[str, Mapping[str, Any]], config: LabelConfig) -> dict[str, int | float]:

@@ -144,17 +144,18 @@ def candidate_list(fused: Sequence[Doc], source: Doc, top_k: int) -> tuple[list[
     return top, rank
 
 
-def read_corpus(path: Path) -> tuple[list[str], list[str]]:
-    """Ids and title + text of ``corpus.jsonl`` (as written by prepare)."""
+def read_corpus(path: Path, only: set[str] | None = None) -> tuple[list[str], list[str]]:
+    """Ids and title + text of ``corpus.jsonl`` (as written by prepare); with ``only``, just those ids (streamed)."""
     if not path.is_file():
         raise SpecializeError(f"{path}: not found; run `specialize prepare` first")
     ids, texts = [], []
     for number, doc in iter_jsonl(path):
         if not isinstance(doc.get("_id"), str) or not isinstance(doc.get("text"), str):
             raise located(path, number, "expected string fields '_id' and 'text' (rerun `specialize prepare`)")
-        ids.append(doc["_id"])
-        texts.append(f"{doc.get('title') or ''} {doc['text']}".strip())
-    if not ids:
+        if only is None or doc["_id"] in only:
+            ids.append(doc["_id"])
+            texts.append(f"{doc.get('title') or ''} {doc['text']}".strip())
+    if not ids and only is None:
         raise SpecializeError(f"{path}: the corpus is empty")
     return ids, texts
 

@@ -93,6 +93,13 @@ def parse_teacher(spec: str | Sequence[str]) -> TeacherSpec:
     return _single(text, spec)
 
 
+def needs_corpus(spec: TeacherSpec) -> bool:
+    """Whether the teacher needs the whole corpus (BM25 statistics, the bi-encoder's embedding cache)."""
+    if spec.kind == "ensemble":
+        return any(needs_corpus(member) for member, _ in spec.members)
+    return spec.kind in ("bm25", "bi-encoder")
+
+
 def _single(text: str, whole: str) -> TeacherSpec:
     kind, _, model = text.partition(":")
     if text == BM25:

@@ -1,0 +1,146 @@
+"""Teacher audit: does the teacher rank better than the student it is meant to teach?
+
+Both rerank the same candidates and are scored by nDCG@10 and MRR@10 (pytrec_eval):
+
+- on labelled synthetic queries, against their source passage (always available; a weak check,
+  since mining kept only queries whose source the retrievers already found);
+- on human queries with qrels, when the prepared corpus comes with them (a BEIR folder,
+  ``demo:`` or ``beir:``): candidates mined by the configured retrievers, exactly as for a
+  synthetic query. The split is the first of dev, train, test that exists, so the test split
+  is used only when there is no other.
+
+A teacher that does not beat the student cannot teach it anything: the stage says so loudly,
+before any training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from specialize.artifacts import iter_jsonl, write_json
+from specialize.config import Config
+from specialize.evaluate import Qrels, score_run
+from specialize.teachers import Teacher, score_many
+
+AUDIT_SPLITS = ("dev", "train", "test")
+
+
+def rerank_metrics(qrels: Qrels, lists: Mapping[str, Sequence[str]], scores: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """nDCG@10 and MRR@10 (0–100) of each list ordered by its scores; ties keep the candidate order.
+
+    The run holds ranks, not scores: trec_eval breaks score ties by doc id, and scores that differ
+    by less than float32 precision would tie there.
+    """
+    run = {}
+    for qid in lists:
+        order = sorted(range(len(lists[qid])), key=lambda i: -scores[qid][i])
+        run[qid] = {lists[qid][i]: float(len(order) - rank) for rank, i in enumerate(order)}
+    result = score_run({qid: qrels[qid] for qid in lists}, run)
+    return {"ndcg@10": round(100 * result["ndcg@10"], 2), "mrr@10": round(100 * result["mrr@10"], 2)}
+
+
+def _sample(qids: Sequence[str], limit: int, seed: int) -> list[str]:
+    """Up to ``limit`` qids chosen by a seeded hash: the same whatever the input order or size."""
+    key = lambda qid: hashlib.sha256(f"{seed}:{qid}".encode()).hexdigest()  # noqa: E731
+    return sorted(heapq.nsmallest(limit, qids, key=key))
+
+
+def _compare(
+    teacher: Teacher, student: Teacher, qrels: Qrels, lists: Mapping[str, list[str]], texts: Mapping[str, str], queries: Mapping[str, str],
+    teacher_scores: Mapping[str, Sequence[float]] | None = None,
+) -> dict[str, Any]:
+    """Teacher vs student reranking the same lists; ``teacher_scores`` reuses scores already computed."""
+    qids = list(lists)
+    items = [(queries[qid], [texts[d] for d in lists[qid]]) for qid in qids]
+    if teacher_scores is None:
+        teacher_scores = dict(zip(qids, score_many(teacher, items)))
+    student_scores = dict(zip(qids, score_many(student, items)))
+    return {
+        "queries": len(qids),
+        "teacher": rerank_metrics(qrels, lists, teacher_scores),
+        "student": rerank_metrics(qrels, lists, student_scores),
+    }
+
+
+def synthetic_audit(workdir: Path, teacher: Teacher, student: Teacher, texts: Mapping[str, str], queries: Mapping[str, Mapping[str, Any]], limit: int, seed: int) -> dict[str, Any] | None:
+    """Teacher (its raw labels) vs student on labelled synthetic queries, the source passage as the one relevant."""
+    chosen = set(_sample([record["qid"] for _, record in iter_jsonl(workdir / "labels.jsonl")], limit, seed))
+    lists, scores = {}, {}
+    for _, record in iter_jsonl(workdir / "labels.jsonl"):
+        if record["qid"] in chosen and queries[record["qid"]]["source_id"] in record["doc_ids"]:
+            lists[record["qid"]], scores[record["qid"]] = record["doc_ids"], record["scores"]
+    if not lists:
+        return None
+    qrels = {qid: {queries[qid]["source_id"]: 1} for qid in lists}
+    text_of = {qid: queries[qid]["text"] for qid in lists}
+    return _compare(teacher, student, qrels, lists, texts, text_of, teacher_scores=scores)
+
+
+def judged_queries(source: str | None) -> tuple[str, dict[str, str], Qrels] | None:
+    """(split, queries, qrels) of the corpus source's first split with qrels, or None when it has none."""
+    from specialize.corpus import load_qrels, load_queries, resolve_dataset
+
+    if not source:
+        return None
+    folder = resolve_dataset(source)
+    split = next((s for s in AUDIT_SPLITS if (folder / "qrels" / f"{s}.tsv").is_file()), None) if folder.is_dir() else None
+    if split is None:
+        return None
+    return split, load_queries(folder), load_qrels(folder, split)
+
+
+def qrels_audit(config: Config, teacher: Teacher, student: Teacher, ids: Sequence[str], texts: Sequence[str]) -> dict[str, Any] | None:
+    """Teacher vs student on the source's human queries, candidates mined as for synthetic ones."""
+    from specialize.mine import load_retrievers, reciprocal_rank_fusion, retrieve_all
+
+    judged = judged_queries(config.prepare.corpus)
+    if judged is None:
+        return None
+    split, all_queries, all_qrels = judged
+    in_corpus = set(ids)
+    usable = [qid for qid, rels in all_qrels.items() if qid in all_queries and any(d in in_corpus and s > 0 for d, s in rels.items())]
+    qids = _sample(usable, config.label.audit_queries, config.label.seed)
+    if not qids:
+        return None
+    retrievers = load_retrievers(config.mine, ids, texts, config.prefixes)
+    rankings = retrieve_all(retrievers, [all_queries[q] for q in qids], config.mine.depth)
+    lists = {}
+    for row, qid in enumerate(qids):
+        fused = reciprocal_rank_fusion([[int(i) for i in ranking[row] if i >= 0] for ranking in rankings], config.mine.rrf_k)
+        lists[qid] = [ids[i] for i, _ in fused[: config.mine.top_k]]
+    result = _compare(teacher, student, all_qrels, lists, dict(zip(ids, texts)), all_queries)
+    return {"split": split, **result}
+
+
+def verdict(report: Mapping[str, Any]) -> str | None:
+    """The warning to give when the teacher does not beat the student (on qrels when there are, else synthetic)."""
+    basis = report.get("qrels") or report.get("synthetic")
+    if not basis:
+        return None
+    teacher, student = basis["teacher"]["ndcg@10"], basis["student"]["ndcg@10"]
+    if teacher > student:
+        return None
+    where = f"{basis['queries']} judged queries ({report['qrels']['split']} split)" if report.get("qrels") else f"{basis['queries']} synthetic queries"
+    return (
+        f"the teacher ({report['teacher']}) does not beat the student ({report['student']}) on {where}: "
+        f"nDCG@10 {teacher:.2f} vs {student:.2f}. Training on its labels will likely make the student worse; "
+        "choose another --teacher before training."
+    )
+
+
+def audit(workdir: Path, config: Config, teacher: Teacher, texts: tuple[Sequence[str], Sequence[str]], queries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Run both audits, write ``audit.json`` and return it (with a ``warning`` when the teacher loses)."""
+    from specialize.teachers import load_teacher
+
+    ids, doc_texts = texts
+    student = load_teacher(f"bi-encoder:{config.train.student}", config.label, texts, config.prefixes)
+    report: dict[str, Any] = {"teacher": teacher.name, "student": config.train.student}
+    report["synthetic"] = synthetic_audit(workdir, teacher, student, dict(zip(ids, doc_texts)), queries, config.label.audit_queries, config.label.seed)
+    report["qrels"] = qrels_audit(config, teacher, student, ids, doc_texts)
+    report["warning"] = verdict(report)
+    write_json(workdir / "audit.json", report)
+    return report

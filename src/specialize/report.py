@@ -1,0 +1,206 @@
+"""The run report: ``report.md`` and a self-contained ``report.html`` with PNG plots.
+
+Everything comes from the work directory's own records: stage manifests (``stages/*.json``),
+``audit.json``, ``train.json`` / ``train_log.json`` and ``eval/*.json``. Sections whose records
+are missing are left out, so a report can be written after any stage.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from specialize.artifacts import write_text
+from specialize.errors import SpecializeError
+
+Row = Sequence[Any]
+
+
+@dataclass
+class Section:
+    """One report section: a title, prose, a table, and the PNG plot it shows (if any)."""
+
+    title: str
+    text: str = ""
+    header: Row = ()
+    rows: list[Row] = field(default_factory=list)
+    plot: Path | None = None
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _counts(workdir: Path, stage: str) -> Mapping[str, Any]:
+    manifest = _read(workdir / "stages" / f"{stage}.json")
+    return manifest["counts"] if manifest else {}
+
+
+def funnel(workdir: Path) -> tuple[list[str], list[str], dict[str, list[int]]]:
+    """(query types, steps, counts per type per step): generated → cleaned → round trip → labelled → train."""
+    generate, mine, label = (_counts(workdir, stage) for stage in ("generate", "mine", "label"))
+    types = sorted(key.removeprefix("generated_") for key in generate if key.startswith("generated_"))
+    steps = [("generated", generate, "generated"), ("after cleaning", generate, "kept"), ("after round trip", mine, "kept"),
+             ("after teacher filters", label, "kept"), ("train", label, "train")]
+    present = [(name, counts, key) for name, counts, key in steps if counts]
+    return types, [name for name, _, _ in present], {t: [int(c.get(f"{key}_{t}", 0)) for _, c, key in present] for t in types}
+
+
+def _funnel_section(workdir: Path, plots: Path) -> Section | None:
+    types, steps, per_type = funnel(workdir)
+    if not types:
+        return None
+    passages = _counts(workdir, "prepare").get("passages")
+    rows = [[t, *per_type[t]] for t in types] + [["all", *(sum(per_type[t][i] for t in types) for i in range(len(steps)))]]
+    text = f"{passages:,} passages were sampled; one query was asked of each." if passages else ""
+    return Section("Funnel: queries kept after each filter", text, ["type", *steps], rows, _bar_plot(plots / "funnel.png", steps, per_type, "queries"))
+
+
+def _audit_section(workdir: Path, plots: Path) -> Section | None:
+    report = _read(workdir / "audit.json")
+    if not report:
+        return None
+    rows, bars = [], {}
+    for basis, title in (("synthetic", "synthetic queries (source passage)"), ("qrels", "human queries (qrels)")):
+        if report.get(basis):
+            part = report[basis]
+            name = f"{title}, {part['split']} split" if basis == "qrels" else title
+            rows.append([name, part["queries"], part["teacher"]["ndcg@10"], part["student"]["ndcg@10"], part["teacher"]["mrr@10"], part["student"]["mrr@10"]])
+            bars[name] = [part["teacher"]["ndcg@10"], part["student"]["ndcg@10"]]
+    text = f"Teacher `{report['teacher']}` vs student `{report['student']}`, reranking the same candidates."
+    if report.get("warning"):
+        text += f"\n\n**Warning:** {report['warning']}"
+    header = ["queries", "n", "teacher nDCG@10", "student nDCG@10", "teacher MRR@10", "student MRR@10"]
+    return Section("Teacher audit", text, header, rows, _bar_plot(plots / "audit.png", ["teacher", "student"], bars, "nDCG@10"))
+
+
+def _training_section(workdir: Path, plots: Path) -> Section | None:
+    summary, log = _read(workdir / "train.json"), _read(workdir / "train_log.json")
+    if not summary and not log:
+        return None
+    rows = [[key, value] for key, value in (summary or {}).items() if isinstance(value, (int, float, str, bool)) or value is None]
+    plot = None
+    if log:
+        train = [(entry["step"], entry["loss"]) for entry in log if "loss" in entry]
+        dev = [(entry["step"], entry["eval_loss"]) for entry in log if "eval_loss" in entry]
+        plot = _line_plot(plots / "loss.png", {"training loss": train, "dev loss": dev}, "step", "loss")
+    return Section("Training", "", ["fact", "value"], rows, plot)
+
+
+def _evaluation_sections(workdir: Path, plots: Path) -> list[Section]:
+    sections = []
+    for path in sorted((workdir / "eval").glob("*.json")):
+        result = _read(path)
+        models = result.get("models", {})
+        if not models:
+            continue
+        rows = [[name, *(round(100 * row[m], 2) for m in ("ndcg@10", "recall@100", "mrr@10"))] for name, row in models.items()]
+        bars = {name: [100 * row["ndcg@10"], 100 * row["recall@100"]] for name, row in models.items()}
+        text = f"{result['dataset']}, {result['split']} split: {result['queries']:,} queries over {result['docs']:,} documents."
+        plot = _bar_plot(plots / f"eval-{path.stem}.png", ["nDCG@10", "Recall@100"], bars, "score")
+        sections.append(Section(f"Evaluation: {result['dataset']}", text, ["model", "nDCG@10", "Recall@100", "MRR@10"], rows, plot))
+    return sections
+
+
+def _bar_plot(path: Path, groups: Sequence[str], series: Mapping[str, Sequence[float]], ylabel: str) -> Path:
+    """Grouped bars: one group per entry of ``groups``, one bar per series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(groups) + 2), 3.4))
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(np.arange(len(groups)) + i * width - 0.4 + width / 2, values, width, label=name)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8, ncols=min(3, len(series)))
+    return _save(fig, path)
+
+
+def _line_plot(path: Path, series: Mapping[str, Sequence[tuple[float, float]]], xlabel: str, ylabel: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for name, points in series.items():
+        if points:
+            ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _cell(value: Any) -> str:
+    return f"{value:,.2f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def to_markdown(title: str, sections: Sequence[Section], root: Path) -> str:
+    out = [f"# {title}", ""]
+    for section in sections:
+        out += [f"## {section.title}", ""]
+        if section.text:
+            out += [section.text, ""]
+        if section.rows:
+            out.append("| " + " | ".join(map(str, section.header)) + " |")
+            out.append("|" + "---|" * len(section.header))
+            out += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in section.rows]
+            out.append("")
+        if section.plot:
+            out += [f"![{section.title}]({section.plot.relative_to(root).as_posix()})", ""]
+    return "\n".join(out)
+
+
+def to_html(title: str, sections: Sequence[Section]) -> str:
+    """One HTML file with the plots inlined as base64 PNGs, so it can be mailed or attached alone."""
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        body.append(f"<h2>{html.escape(section.title)}</h2>")
+        for paragraph in filter(None, section.text.split("\n\n")):
+            body.append(f"<p>{html.escape(paragraph).replace('**Warning:**', '<strong class=warn>Warning:</strong>')}</p>")
+        if section.rows:
+            head = "".join(f"<th>{html.escape(str(h))}</th>" for h in section.header)
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>" for row in section.rows)
+            body.append(f"<table><tr>{head}</tr>{rows}</table>")
+        if section.plot:
+            data = base64.b64encode(section.plot.read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(section.title)}" src="data:image/png;base64,{data}">')
+    style = ("body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}img{max-width:100%}.warn{color:#b00}")
+    return f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+
+
+def report(workdir: Path) -> tuple[Path, Path]:
+    """Write ``report.md``, ``report/*.png`` and ``report.html`` for a work directory; return the two report paths."""
+    workdir = Path(workdir)
+    if not (workdir / "stages").is_dir() and not (workdir / "eval").is_dir():
+        raise SpecializeError(f"{workdir}: not a work directory (no stages/ or eval/ inside); run a stage first")
+    plots = workdir / "report"
+    candidates = [_funnel_section(workdir, plots), _audit_section(workdir, plots), _training_section(workdir, plots), *_evaluation_sections(workdir, plots)]
+    sections = [section for section in candidates if section is not None]
+    title = f"specialize report: {workdir.resolve().name}"
+    md, page = workdir / "report.md", workdir / "report.html"
+    write_text(md, to_markdown(title, sections, workdir))
+    write_text(page, to_html(title, sections))
+    return md, page

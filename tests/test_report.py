@@ -1,0 +1,69 @@
+"""The report: every section built from the work directory's records, numbers carried through."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from test_cli import assert_one_line_error, cli
+
+from specialize.report import funnel, report
+
+
+def _write(path, payload):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    stages = tmp_path / "stages"
+    _write(stages / "prepare.json", {"counts": {"passages": 40}})
+    _write(stages / "generate.json", {"counts": {"generated_claim": 20, "kept_claim": 18, "generated_title": 20, "kept_title": 15}})
+    _write(stages / "mine.json", {"counts": {"kept_claim": 16, "kept_title": 11}})
+    _write(stages / "label.json", {"counts": {"kept_claim": 12, "train_claim": 11, "kept_title": 7, "train_title": 6}})
+    _write(tmp_path / "audit.json", {"teacher": "bm25", "student": "bundled:minilm", "warning": "the teacher (bm25) does not beat it",
+                                     "synthetic": {"queries": 27, "teacher": {"ndcg@10": 81.25, "mrr@10": 77.5}, "student": {"ndcg@10": 83.5, "mrr@10": 80.0}},
+                                     "qrels": None})
+    _write(tmp_path / "train.json", {"loss": "listwise", "steps": 6, "published": "trained", "dev_ndcg@10_base": 71.4, "dev_ndcg@10_trained": 74.9})
+    _write(tmp_path / "train_log.json", [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.1}, {"step": 2, "eval_loss": 2.3}, {"step": 4, "eval_loss": 2.2}])
+    _write(tmp_path / "eval" / "scifact.json", {"dataset": "scifact", "split": "test", "queries": 300, "docs": 5183, "models": {
+        "bundled:minilm": {"ndcg@10": 0.6451, "recall@100": 0.925, "mrr@10": 0.6047},
+        "work/model": {"ndcg@10": 0.6612, "recall@100": 0.93, "mrr@10": 0.62}}})
+    return tmp_path
+
+
+def test_funnel_reads_each_stage(workdir):
+    types, steps, per_type = funnel(workdir)
+    assert types == ["claim", "title"]
+    assert steps == ["generated", "after cleaning", "after round trip", "after teacher filters", "train"]
+    assert per_type == {"claim": [20, 18, 16, 12, 11], "title": [20, 15, 11, 7, 6]}
+
+
+def test_report_holds_the_workdir_numbers(workdir):
+    md_path, html_path = report(workdir)
+    md = md_path.read_text()
+    for fragment in ("| claim | 20 | 18 | 16 | 12 | 11 |", "| all | 40 | 33 | 27 | 19 | 17 |", "40 passages were sampled",
+                     "| synthetic queries (source passage) | 27 | 81.25 | 83.50 | 77.50 | 80.00 |", "**Warning:** the teacher (bm25)",
+                     "| dev_ndcg@10_trained | 74.90 |", "| bundled:minilm | 64.51 | 92.50 | 60.47 |", "| work/model | 66.12 | 93.00 | 62.00 |",
+                     "![Training](report/loss.png)", "300 queries over 5,183 documents"):
+        assert fragment in md, fragment
+    for png in ("funnel.png", "audit.png", "loss.png", "eval-scifact.png"):
+        assert (workdir / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = html_path.read_text()
+    images = page.count('src="data:image/png;base64,')
+    assert images == 4 and "report/" not in page  # self-contained: no file links
+    first = page.split('src="data:image/png;base64,')[1].split('"')[0]
+    assert base64.b64decode(first) == (workdir / "report" / "funnel.png").read_bytes()
+    assert "<td>66.12</td>" in page and "Warning:" in page
+
+
+def test_report_of_a_partial_workdir_and_the_cli(workdir, tmp_path):
+    for name in ("train.json", "train_log.json", "audit.json"):
+        (workdir / name).unlink()
+    md, _ = report(workdir)
+    assert "Training" not in md.read_text() and "Funnel" in md.read_text()
+    result = cli("report", str(workdir))
+    assert result.returncode == 0 and "report.html" in result.stdout
+    assert_one_line_error(cli("report", str(tmp_path / "nothing")), "not a work directory")

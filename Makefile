@@ -44,6 +44,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_cpu_backends.py
 	$(PY) benchmarks/bench_prepare.py
 	$(PY) benchmarks/bench_mine.py
+	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_roundtrip.py
+	$(PY) benchmarks/bench_gradcache.py
 
 clean:
 	rm -rf $(VENV) specialize-work .pytest_cache

@@ -35,9 +35,19 @@ def test_help_lists_every_stage():
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["generate", "train", "report", "run", "demo"])
-def test_unbuilt_stages_say_so(command):
-    assert_one_line_error(cli(command), "not implemented yet")
+@pytest.mark.parametrize(
+    ("command", "fragments"),
+    [
+        ("generate", ("passages.jsonl: not found", "specialize prepare")),
+        ("mine", ("corpus.jsonl: not found", "specialize prepare")),
+        ("label", ("corpus.jsonl: not found", "specialize prepare")),
+        ("train", ("corpus.jsonl: not found", "specialize prepare")),
+        ("run", ("prepare: no corpus given",)),
+        ("evaluate", ("no test set given",)),
+    ],
+)
+def test_a_stage_without_its_inputs_names_the_stage_to_run(tmp_path, command, fragments):
+    assert_one_line_error(cli(command, "--workdir", str(tmp_path / "work")), *fragments)
 
 
 def test_prepare_writes_artifacts_and_skips_when_unchanged(tmp_path, scifact_slice):

@@ -118,6 +118,52 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 
 
+# --- keyed partial files: append-as-you-go outputs that a killed run resumes ------------------
+
+
+def partial_path(final: Path, key: str) -> Path:
+    """Where ``final`` grows while it is written: ``.<name>.<key>.partial`` beside it."""
+    return final.with_name(f".{final.name}.{key}.partial")
+
+
+def _key_path(final: Path) -> Path:
+    return final.with_name(f".{final.stem}.key")
+
+
+def resume_partial(final: Path, key: str, field: str) -> tuple[Path, set[str]]:
+    """The partial file of ``final`` for ``key`` and the ``field`` values of the records already in it.
+
+    Partial files of other keys are deleted (their inputs changed) and a torn last line, cut
+    off by a kill, is removed, so appending can go on where it stopped.
+    """
+    partial = partial_path(final, key)
+    for stale in final.parent.glob(f".{final.name}.*.partial"):
+        if stale != partial:
+            stale.unlink()
+    if not partial.is_file():
+        return partial, set()
+    data = partial.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(partial, "r+b") as handle:
+            handle.truncate(end)
+    return partial, {record[field] for _, record in iter_jsonl(partial)}
+
+
+def finish_partial(final: Path, key: str) -> None:
+    """Rename the finished partial file onto ``final`` and remember the key it was made with."""
+    key_file = _key_path(final)
+    key_file.unlink(missing_ok=True)
+    os.replace(partial_path(final, key), final)
+    key_file.write_text(key + "\n")
+
+
+def finished_with_key(final: Path, key: str) -> bool:
+    """Whether ``final`` exists and was finished with ``key`` (so it can be reused as is)."""
+    key_file = _key_path(final)
+    return final.is_file() and key_file.is_file() and key_file.read_text().strip() == key
+
+
 def fingerprint(path: str | Path) -> str:
     """sha256 of a file's bytes, or of every file's relative path and bytes under a folder."""
     path = Path(path)

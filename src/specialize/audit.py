@@ -80,14 +80,14 @@ def synthetic_audit(workdir: Path, teacher: Teacher, student: Teacher, texts: Ma
     return _compare(teacher, student, qrels, lists, texts, text_of, teacher_scores=scores)
 
 
-def judged_queries(source: str | None) -> tuple[str, dict[str, str], Qrels] | None:
-    """(split, queries, qrels) of the corpus source's first split with qrels, or None when it has none."""
+def judged_queries(source: str | None, splits: Sequence[str] = AUDIT_SPLITS) -> tuple[str, dict[str, str], Qrels] | None:
+    """(split, queries, qrels) of the corpus source's first split among ``splits`` with qrels, or None."""
     from specialize.corpus import load_qrels, load_queries, resolve_dataset
 
     if not source:
         return None
     folder = resolve_dataset(source)
-    split = next((s for s in AUDIT_SPLITS if (folder / "qrels" / f"{s}.tsv").is_file()), None) if folder.is_dir() else None
+    split = next((s for s in splits if (folder / "qrels" / f"{s}.tsv").is_file()), None) if folder.is_dir() else None
     if split is None:
         return None
     return split, load_queries(folder), load_qrels(folder, split)

@@ -61,31 +61,13 @@ def prepare(
     force: ForceOption = False,
 ) -> None:
     """Load, validate and deduplicate a corpus; sample the source passages."""
-    from specialize.artifacts import Workdir
-    from specialize.corpus import prepare as run_prepare
-
     cfg = _config(
         config, workdir, sets,
         **{"prepare.corpus": corpus, "prepare.max_passages": max_passages, "prepare.max_chars": max_chars,
            "prepare.seed": seed, "prepare.skip_bad": skip_bad, "prepare.id_field": id_field,
            "prepare.title_field": title_field, "prepare.text_field": text_field},
     )
-    p = cfg.prepare
-    if p.corpus is None:
-        raise SpecializeError("prepare: no corpus given (pass a path or set prepare.corpus in the config)")
-    manifest = Workdir(cfg.workdir).run_stage(
-        "prepare",
-        p,
-        inputs={"corpus": p.corpus, **{f"exclude_qrels_{i}": q for i, q in enumerate(p.exclude_qrels)}},
-        outputs=["corpus.jsonl", "passages.jsonl"],
-        body=lambda: run_prepare(
-            p.corpus, Path(cfg.workdir), id_field=p.id_field, title_field=p.title_field, text_field=p.text_field,
-            skip_bad=p.skip_bad, min_chars=p.min_chars, dedup=p.dedup, max_passages=p.max_passages,
-            max_chars=p.max_chars, seed=p.seed, exclude_qrels=[Path(q) for q in p.exclude_qrels],
-        ),
-        force=force,
-    )
-    _print_counts("prepare", manifest, Path(cfg.workdir))
+    _stage(cfg, "prepare", force)
 
 
 @app.command()
@@ -107,7 +89,18 @@ def evaluate(
         **{"evaluate.models": models or None, "evaluate.datasets": datasets or None, "evaluate.split": split,
            "evaluate.backend": backend, "evaluate.batch_size": batch_size},
     )
-    results = run_evaluate(cfg.evaluate, Path(cfg.workdir), cfg.prefixes)
+    from specialize.pipeline import evaluation_targets
+
+    targets, sets_ = evaluation_targets(cfg, Path(cfg.workdir))
+    if not sets_:
+        raise SpecializeError("evaluate: no test set given (pass --dataset; the prepared corpus has no test qrels)")
+    results = run_evaluate(cfg.evaluate.model_copy(update={"models": targets, "datasets": sets_}), Path(cfg.workdir), cfg.prefixes)
+    _print_evaluation(results)
+    console.print(f"results: {Path(cfg.workdir) / 'eval'}")
+
+
+def _print_evaluation(results: dict) -> None:
+    """One table per test set: every model's nDCG@10, Recall@100 and MRR@10."""
     for name, result in results.items():
         table = Table(title=f"{name} ({result['split']}: {result['queries']} queries, {result['docs']:,} docs)")
         for column in ("model", "nDCG@10", "Recall@100", "MRR@10", "backend", "seconds"):
@@ -118,11 +111,6 @@ def evaluate(
                 row["backend"], f"{row['seconds']:.0f}",
             )
         console.print(table)
-    console.print(f"results: {Path(cfg.workdir) / 'eval'}")
-
-
-def _not_implemented(stage: str, issue: int) -> None:
-    raise SpecializeError(f"{stage}: not implemented yet (tracked in issue {issue})")
 
 
 @app.command()
@@ -137,26 +125,12 @@ def generate(
     force: ForceOption = False,
 ) -> None:
     """Write one synthetic query per sampled passage, of a type drawn from the mixture."""
-    from specialize.artifacts import Workdir
-    from specialize.generate.stage import generate as run_generate
-
     type_list = [name.strip() for name in types.split(",") if name.strip()] if types is not None else None
     cfg = _config(
         config, workdir, sets,
         **{"generate.model": model, "generate.llm.backend": backend, "generate.types": type_list, "generate.llm.base_url": base_url},
     )
-    work = Path(cfg.workdir)
-    if not (work / "passages.jsonl").is_file():
-        raise SpecializeError(f"{work / 'passages.jsonl'}: not found; run `specialize prepare` first")
-    manifest = Workdir(work).run_stage(
-        "generate",
-        cfg.generate,
-        inputs={"passages": work / "passages.jsonl", **{f"prompts_{i}": path for i, path in enumerate(cfg.generate.prompts)}},
-        outputs=["generations.jsonl", "queries.jsonl"],
-        body=lambda: run_generate(work, cfg.generate),
-        force=force,
-    )
-    _print_counts("generate", manifest, work)
+    _stage(cfg, "generate", force)
 
 
 @app.command()
@@ -169,24 +143,8 @@ def mine(
     force: ForceOption = False,
 ) -> None:
     """Retrieve and fuse candidate passages for each query; keep round-trip queries."""
-    from specialize.artifacts import Workdir
-    from specialize.mine import mine as run_mine
-
     cfg = _config(config, workdir, sets, **{"mine.retrievers": retrievers or None, "mine.top_k": top_k})
-    work = Path(cfg.workdir)
-    manifest = Workdir(work).run_stage(
-        "mine",
-        cfg.model_dump(mode="json", include={"mine", "prefixes"}),
-        inputs={"corpus": work / "corpus.jsonl", "queries": work / "queries.jsonl"},
-        outputs=["candidates.jsonl"],
-        body=lambda: run_mine(work, cfg.mine, cfg.prefixes),
-        force=force,
-    )
-    _print_counts("mine", manifest, work)
-
-
-AUDIT_INPUTS = {"label": True, "prefixes": True, "mine": True, "train": {"student"}, "prepare": {"corpus"}}
-"""The config the label stage depends on when it audits: the student, the retrievers and the corpus source too."""
+    _stage(cfg, "mine", force)
 
 
 @app.command()
@@ -199,28 +157,9 @@ def label(
     force: ForceOption = False,
 ) -> None:
     """Score candidates with the teacher; normalize, filter and split into train/dev; audit the teacher."""
-    from specialize.artifacts import Workdir
-    from specialize.label import label as run_label
-    from specialize.label import parse_teacher, wants_audit
-
     audit_mode = None if audit is None else ("always" if audit else "never")
     cfg = _config(config, workdir, sets, **{"label.teacher": teacher, "label.audit": audit_mode})
-    parse_teacher(cfg.label.teacher)  # a bad spec fails before any input is read
-    work = Path(cfg.workdir)
-    for name, stage in (("corpus.jsonl", "prepare"), ("queries.jsonl", "generate"), ("candidates.jsonl", "mine")):
-        if not (work / name).is_file():
-            raise SpecializeError(f"{work / name}: not found; run `specialize {stage}` first")
-    outputs = ["labels.jsonl", "train.jsonl", "dev.jsonl", *(["audit.json"] if wants_audit(cfg) else [])]
-    manifest = Workdir(work).run_stage(
-        "label",
-        cfg.model_dump(mode="json", include=AUDIT_INPUTS if "audit.json" in outputs else {"label": True, "prefixes": True}),
-        inputs={name: work / f"{name}.jsonl" for name in ("corpus", "queries", "candidates")},
-        outputs=outputs,
-        body=lambda: run_label(work, cfg.label, cfg.prefixes, audit_with=cfg),
-        force=force,
-    )
-    _print_counts("label", manifest, work)
-    _print_audit(work)
+    _stage(cfg, "label", force)
 
 
 def _print_audit(work: Path) -> None:
@@ -245,27 +184,97 @@ def _print_audit(work: Path) -> None:
 
 
 @app.command()
-def train(config: ConfigOption = None, workdir: WorkdirOption = None) -> None:
-    """Fine-tune the student with listwise distillation (or a baseline loss)."""
-    _not_implemented("train", 5)
+def train(
+    student: Annotated[Optional[str], typer.Option(help="The model to specialize: HF id, path or bundled:<alias>.")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="listwise (default), infonce or marginmse.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Training epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Queries per optimizer step on each device.")] = None,
+    keep_worse: Annotated[Optional[bool], typer.Option("--keep-worse", help="Publish the trained model even if it ranks the dev lists worse than the base model.")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue from the last checkpoint of an interrupted run.")] = None,
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+    sets: SetOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Fine-tune the student with listwise distillation (or a baseline loss); publish it only if it got better."""
+    cfg = _config(
+        config, workdir, sets,
+        **{"train.student": student, "train.loss": loss, "train.epochs": epochs, "train.batch_size": batch_size,
+           "train.keep_worse": keep_worse, "train.resume": resume},
+    )
+    _stage(cfg, "train", force)
 
 
 @app.command()
-def report(workdir: Annotated[Optional[Path], typer.Argument()] = None) -> None:
-    """Write report.md and report.html for a work directory."""
-    _not_implemented("report", 6)
+def report(workdir: Annotated[Path, typer.Argument(help="The work directory to report on.")] = Path("specialize-work")) -> None:
+    """Write report.md and a self-contained report.html (funnel, teacher audit, losses, evaluation)."""
+    from specialize.report import report as write_report
+
+    md, page = write_report(workdir)
+    console.print(f"report: {md}\n        {page}")
 
 
 @app.command()
-def run(config: ConfigOption = None) -> None:
-    """Run every stage in order, skipping those already done."""
-    _not_implemented("run", 6)
+def run(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML config file.")] = None,
+    workdir: WorkdirOption = None,
+    start: Annotated[Optional[str], typer.Option("--from", help="First stage to run: prepare, generate, mine, label, train or evaluate.")] = None,
+    stop: Annotated[Optional[str], typer.Option("--to", help="Last stage to run.")] = None,
+    sets: SetOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Run every stage in order, skipping those already done; then write the report."""
+    _run_pipeline(_config(config, workdir, sets), start, stop, force)
 
 
 @app.command()
-def demo() -> None:
-    """The whole pipeline on the bundled SciFact with the bundled models, on a laptop CPU."""
-    _not_implemented("demo", 6)
+def demo(
+    workdir: Annotated[Path, typer.Option("--workdir", "-w", help="Work directory.")] = Path("specialize-work/demo"),
+    sets: SetOption = None,
+    force: ForceOption = False,
+) -> None:
+    """The whole pipeline on the bundled SciFact with the bundled models, sized for a laptop CPU."""
+    from specialize.pipeline import DEMO_CONFIG
+
+    _run_pipeline(_config(DEMO_CONFIG, workdir, sets), None, None, force)
+
+
+def _run_pipeline(cfg: Config, start: str | None, stop: str | None, force: bool) -> None:
+    """Run the stages, print each one's counts, then the evaluation, the model and the report."""
+    from specialize.pipeline import Pipeline
+
+    work = Path(cfg.workdir)
+    Pipeline(cfg).run(start, stop, force, on_stage=lambda name, manifest: _report_stage(name, manifest, work))
+    summary = work / "train.json"
+    if summary.is_file():
+        import json
+
+        facts = json.loads(summary.read_text())
+        console.print(f"[bold]model[/bold]: {work / cfg.train.output} ({facts.get('published', 'trained')} model published)")
+    if (work / "report.md").is_file():
+        console.print(f"[bold]report[/bold]: {work / 'report.md'}, {work / 'report.html'}")
+
+
+def _stage(cfg: Config, name: str, force: bool) -> None:
+    """Run one stage through the pipeline's definition of it, and print what it did."""
+    from specialize.pipeline import run_stage
+
+    _report_stage(name, run_stage(cfg, name, force), Path(cfg.workdir))
+
+
+def _report_stage(name: str, manifest: dict, work: Path) -> None:
+    """A stage's counts (and the audit after label, the tables after evaluate), from the first process only."""
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, the first process speaks for all
+        return
+    _print_counts(name, manifest, work)
+    if name == "label":
+        _print_audit(work)
+    if name == "evaluate":
+        import json
+
+        _print_evaluation({path.stem: json.loads(path.read_text()) for path in sorted((work / "eval").glob("*.json"))})
 
 
 def _version(value: bool) -> None:

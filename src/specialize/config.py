@@ -193,8 +193,8 @@ class TrainConfig(StrictModel):
 class EvaluateConfig(StrictModel):
     """Retrieval evaluation on BEIR-format test sets."""
 
-    models: list[str] = Field(default_factory=lambda: ["bundled:minilm"])
-    datasets: list[str] = Field(default_factory=lambda: ["demo:scifact"])
+    models: list[str] = Field(default_factory=list, description="Models to compare; empty: the student before and after training.")
+    datasets: list[str] = Field(default_factory=list, description="BEIR test sets; empty: the corpus source, when it has qrels for the split.")
     split: str = "test"
     backend: Backend = Field("auto", description="auto: the fastest CPU backend measured to lose < 0.3 nDCG@10.")
     batch_size: int = Field(64, ge=1)
@@ -241,6 +241,11 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         if loaded is not None and not isinstance(loaded, dict):
             raise SpecializeError(f"{path}: expected a mapping of sections at the top level")
         data = loaded or {}
+    return build_config(data, overrides, source)
+
+
+def build_config(data: dict[str, Any], overrides: Mapping[str, Any] | None = None, source: str = "config") -> Config:
+    """Validate config ``data`` after applying dotted-key ``overrides`` (None values are ignored)."""
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, dotted, value)

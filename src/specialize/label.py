@@ -172,8 +172,7 @@ def label(
     needed = None if auditing or needs_corpus(spec) else {d for _, r in read_candidates(workdir / "candidates.jsonl", queries) for d in r["doc_ids"]}
     ids, texts = read_corpus(workdir / "corpus.jsonl", needed)
     key = _labels_key(spec, workdir)
-    key_file = workdir / ".labels.key"
-    if (workdir / "labels.jsonl").is_file() and key_file.is_file() and key_file.read_text().strip() == key:
+    if finished_with_key(workdir / "labels.jsonl", key):
         scored = {"labels_reused": 1, "labels_resumed": 0}  # same teacher and inputs: only the filters changed
     else:
         teacher = teacher or load_teacher(spec, config, (ids, texts), prefixes)

@@ -43,6 +43,10 @@ class LLM(Protocol):
         """log P(yes) − log P(no) of the first answer token of each prompt."""
         ...
 
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens of ``text`` for this model (None when the backend cannot tell, as a remote server)."""
+        ...
+
 
 def answer_token_ids(encode: Callable[[str], list[int]]) -> tuple[list[int], list[int]]:
     """The token ids that spell yes and no as one token each (spellings that take two tokens are skipped)."""

@@ -56,6 +56,9 @@ class LlamaCppBackend:
         self.formatter = Jinja2ChatFormatter(template, eos_token=special(self.llm.token_eos()), bos_token=special(self.llm.token_bos()))
         self.yes_ids, self.no_ids = answer_token_ids(lambda word: self.llm.tokenize(word.encode(), add_bos=False, special=False))
 
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
     def render(self, messages: Messages) -> list[int]:
         """The chat template applied to ``messages`` with the generation prompt, as tokens (one BOS at most)."""
         prompt = self.formatter(messages=messages).prompt

@@ -37,6 +37,10 @@ class OpenAIBackend:
             max_retries=config.max_retries,
         )
 
+    def count_tokens(self, text: str) -> None:
+        """A server does not expose its tokenizer: the prompt builder falls back to counting words."""
+        return None
+
     def _call(self, messages: Messages, options: dict[str, Any]) -> Any:
         """One chat completion; every failure left after the client's retries is a one-line error."""
         where = self.config.base_url

@@ -46,6 +46,9 @@ class TransformersBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.yes_ids, self.no_ids = answer_token_ids(lambda word: self.tokenizer.encode(word, add_special_tokens=False))
 
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
     def _batches(self, prompts: Sequence[Messages]):
         """(start, tokenized batch) over the prompts rendered with the chat template."""
         texts = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]

@@ -33,8 +33,11 @@ class VLLMBackend:
             seed=seed,
         )
         self.chat_template = chat_template(config)
-        tokenizer = self.engine.get_tokenizer()
+        self.tokenizer = tokenizer = self.engine.get_tokenizer()
         self.yes_ids, self.no_ids = answer_token_ids(lambda word: tokenizer.encode(word, add_special_tokens=False))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     def generate(self, prompts: Sequence[Messages], *, temperature: float, max_new_tokens: int, seeds: Sequence[int]) -> list[str]:
         """All prompts in one engine call, each with its own seed."""

@@ -1,0 +1,113 @@
+"""Round-trip rate of generated queries per query type and generator: the first quality signal of the prompts.
+
+``prepare demo:scifact`` samples 200 abstracts (seed 42) and the first ``--passages`` of them
+are used; for each query type in turn the generate stage writes one query of that type for
+every one of those passages (the same passages for every type: ``generate.types = [type]``). A query makes the round trip when
+its source abstract is in the top 20 of BM25 and/or of MiniLM over the full SciFact corpus
+(``specialize.mine``'s retrievers, 5,183 abstracts). Rates are over the kept queries; yield is
+kept and found by either retriever, over the passages.
+
+Each (generator, type, prompt of that type) has its own work directory in the cache, so a rerun
+after a prompt change regenerates only the types whose prompt changed, and a killed run resumes.
+``--prompts`` tries prompt files on top of the bundled bank (as ``generate.prompts`` does).
+
+    python benchmarks/bench_roundtrip.py [--generator bundled:qwen-0.5b] [--passages 200] [--label baseline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import peak_rss_mb, print_table, save  # noqa: E402
+
+DEPTH = 20
+SAMPLE = 200
+
+
+def workdir_for(root: Path, generator: str, kind: str, prompt: object, passages: int) -> Path:
+    """The cached work directory of one generator, type and prompt of that type."""
+    digest = hashlib.sha256(repr(prompt).encode()).hexdigest()[:10]
+    return root / generator.replace(":", "_").replace("/", "_") / f"{kind}-{digest}-{passages}"
+
+
+def roundtrip(retrievers, position: dict[str, int], queries: list[dict]) -> dict[str, float]:
+    """Share of the queries whose source is in each retriever's top 20, in either's and in both's."""
+    from specialize.mine import retrieve_all
+
+    if not queries:
+        return {"bm25": 0.0, "minilm": 0.0, "either": 0.0, "both": 0.0}
+    found = retrieve_all(retrievers, [q["text"] for q in queries], DEPTH)
+    hits = [[position[q["source_id"]] in ranking[row] for ranking in found] for row, q in enumerate(queries)]
+    share = lambda values: round(100 * sum(values) / len(queries), 1)  # noqa: E731
+    return {"bm25": share(h[0] for h in hits), "minilm": share(h[1] for h in hits),
+            "either": share(any(h) for h in hits), "both": share(all(h) for h in hits)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--generator", default="bundled:qwen-0.5b")
+    parser.add_argument("--passages", type=int, default=SAMPLE, help=f"the first N of the {SAMPLE} sampled abstracts (the same for every type)")
+    parser.add_argument("--types", default=None, help="comma-separated; default: every bundled type")
+    parser.add_argument("--prompts", action="append", default=[], help="prompt files or folders on top of the bank (generate.prompts)")
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 is fastest on a busy 2-core machine)")
+    parser.add_argument("--label", default="", help="what this attempt changed, saved with the figures")
+    args = parser.parse_args()
+
+    from specialize.artifacts import iter_jsonl
+    from specialize.config import QUERY_TYPES, GenerateConfig, LLMConfig, MineConfig
+    from specialize.corpus import prepare
+    from specialize.generate.prompts import load_prompt_types
+    from specialize.generate.stage import generate
+    from specialize.llm import load_llm
+    from specialize.mine import load_retrievers, read_corpus
+    from specialize.models import cache_dir
+
+    root = cache_dir() / "bench" / "roundtrip"
+    sample = root / f"scifact-{SAMPLE}"
+    if not (sample / "passages.jsonl").is_file():
+        prepare("demo:scifact", sample, max_passages=SAMPLE)
+    passages = (sample / "passages.jsonl").read_text().splitlines(keepends=True)[: args.passages]
+    ids, texts = read_corpus(sample / "corpus.jsonl")
+    position = {doc_id: i for i, doc_id in enumerate(ids)}
+    retrievers = load_retrievers(MineConfig(retrievers=["bm25", "bundled:minilm"], backend="torch"), ids, texts)
+
+    bank = load_prompt_types(args.prompts)
+    kinds = args.types.split(",") if args.types else list(QUERY_TYPES)
+    config = GenerateConfig(model=args.generator, llm=LLMConfig(threads=args.threads), prompts=args.prompts)
+    llm = None
+    rows = []
+    for kind in kinds:
+        work = workdir_for(root, args.generator, kind, bank[kind], args.passages)
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "passages.jsonl").write_text("".join(passages))
+        started = time.perf_counter()
+        if llm is None and not (work / "queries.jsonl").is_file():
+            llm = load_llm(args.generator, config.llm, config.seed)
+        counts = generate(work, config.model_copy(update={"types": [kind]}), llm=llm)
+        seconds = time.perf_counter() - started
+        queries = [record for _, record in iter_jsonl(work / "queries.jsonl")]
+        rates = roundtrip(retrievers, position, queries)
+        dropped = {reason: counts[f"dropped_{reason}"] for reason in ("copies_passage", "copies_example", "duplicate", "empty", "too_short", "too_long")}
+        rows.append({
+            "type": kind, "passages": counts["passages"], "kept": counts["kept"],
+            "bm25@20 %": rates["bm25"], "minilm@20 %": rates["minilm"], "either %": rates["either"], "both %": rates["both"],
+            "yield %": round(rates["either"] * counts["kept"] / counts["passages"], 1),
+            "dropped": ", ".join(f"{reason} {n}" for reason, n in dropped.items() if n) or "-",
+            "q/s": counts["queries_per_second"], "gen_s": round(seconds, 1) if counts["generated_now"] else 0.0,
+        })
+    print_table(f"round trip @{DEPTH}, {args.generator}, {args.passages} SciFact passages per type", rows)
+    mean = {column: round(sum(row[column] for row in rows) / len(rows), 1) for column in ("bm25@20 %", "minilm@20 %", "either %", "both %", "yield %")}
+    print("mean over types:", mean)
+    name = f"roundtrip_{args.generator.split(':')[-1]}"
+    path = save(name, {"generator": args.generator, "passages": args.passages, "depth": DEPTH, "label": args.label, "prompts": args.prompts,
+                       "threads": args.threads, "rows": rows, "mean": mean, "peak_rss_mb": round(peak_rss_mb(), 1)})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

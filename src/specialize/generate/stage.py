@@ -1,0 +1,233 @@
+"""The generate stage: one synthetic query per sampled passage, of a type drawn from the mixture.
+
+Two steps, like label's scoring and filtering:
+
+1. The LLM writes a raw reply for each passage of ``passages.jsonl`` (streamed), ``block``
+   prompts per backend call. Each reply is appended and flushed to a partial
+   ``generations.jsonl`` (``{"qid", "source_id", "type", "raw"}``) keyed by everything the
+   replies depend on, so a killed run resumes after its last finished block and never asks
+   again for a passage already answered, whether its query was kept or not. The finished file
+   is renamed into place.
+2. Cleaning: the replies are cleaned, checked and deduplicated in passage order and the kept
+   queries written to ``queries.jsonl`` atomically. When only the cleaning thresholds change,
+   step 1 is reused and no model is loaded.
+
+Everything random is fixed by (seed, passage id): the type, the few-shot examples and the
+sampling seed, so a resumed or grown run writes what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from specialize.artifacts import finish_partial, finished_with_key, fingerprint, iter_jsonl, resume_partial, write_jsonl
+from specialize.config import GenerateConfig
+from specialize.errors import SpecializeError, located
+from specialize.generate.cleaning import DROP_REASONS, QueryDeduper, clean_query, normalize_query
+from specialize.generate.prompts import PromptType, assign_types, build_messages, load_prompt_types, truncate_passage, type_mixture
+from specialize.llm import LLM, Messages, load_llm
+from specialize.progress import progress_bar
+
+REASONS = (*DROP_REASONS, "copies_example")  # cleaning's reasons, and a reply that repeats a few-shot example
+GENERATION_FIELDS = {"few_shot", "temperature", "max_new_tokens", "passage_tokens", "seed"}
+LLM_FIELDS = {"backend", "chat_template", "context_tokens", "batch_size"}  # those that can change the text
+
+
+def query_id(source_id: str) -> str:
+    """The qid of a passage's query: fixed by the passage, never equal to a document id."""
+    return f"gen-{source_id}"
+
+
+def passage_seed(seed: int, source_id: str) -> int:
+    """The sampling seed of one passage's prompt, fixed by (seed, passage id), in [0, 2**31)."""
+    return random.Random(f"{seed}\x1fgenerate\x1f{source_id}").getrandbits(31)
+
+
+def passage_text(record: Mapping[str, Any]) -> str:
+    """The passage as the LLM sees it: its title as a first sentence, then its text."""
+    title = (record.get("title") or "").strip()
+    if not title:
+        return record["text"]
+    return f"{title}{'' if title[-1] in '.?!:' else '.'} {record['text']}"
+
+
+def read_passages(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of ``passages.jsonl``, each checked for a string '_id' and 'text'."""
+    if not path.is_file():
+        raise SpecializeError(f"{path}: not found; run `specialize prepare` first")
+    for number, record in iter_jsonl(path):
+        if not isinstance(record.get("_id"), str) or not record["_id"] or not isinstance(record.get("text"), str):
+            raise located(path, number, "expected string fields '_id' and 'text' (rerun `specialize prepare`)")
+        if not isinstance(record.get("title") or "", str):
+            raise located(path, number, "expected a string 'title' (rerun `specialize prepare`)")
+        yield record
+
+
+def count_passages(path: Path) -> int:
+    """How many passages ``passages.jsonl`` holds; every record is checked and ids must be unique."""
+    seen: set[str] = set()
+    for record in read_passages(path):
+        if record["_id"] in seen:
+            raise SpecializeError(f"{path}: duplicate passage id {record['_id']!r} (rerun `specialize prepare`)")
+        seen.add(record["_id"])
+    if not seen:
+        raise SpecializeError(f"{path}: no passages (rerun `specialize prepare` on a non-empty corpus)")
+    return len(seen)
+
+
+def token_counter(llm: LLM) -> Callable[[str], int] | None:
+    """The backend's own token counter; None when it has none (a server): prompts then count words."""
+    count = getattr(llm, "count_tokens", None)
+    return count if count is not None and count("a b") is not None else None
+
+
+# --- step 1: raw replies ----------------------------------------------------------------------
+
+
+class Mixture:
+    """The query types to draw from, with their prompts and probabilities."""
+
+    def __init__(self, config: GenerateConfig) -> None:
+        available = load_prompt_types(config.prompts)
+        self.names, self.probabilities = type_mixture(config.types, config.type_weights, available)
+        self.prompts: dict[str, PromptType] = {name: available[name] for name in self.names}
+
+    def example_queries(self) -> set[str]:
+        """The normalized queries of every few-shot example: a reply repeating one is not a query of its passage."""
+        return {normalize_query(example.query) for prompt in self.prompts.values() for example in prompt.examples}
+
+
+def generations_key(config: GenerateConfig, generator: str, mixture: Mixture, passages: Path) -> str:
+    """What the raw replies depend on: the model, the mixture and its prompts, the sampling settings, the passages."""
+    payload = [
+        generator,
+        mixture.names,
+        mixture.probabilities,
+        [repr(mixture.prompts[name]) for name in mixture.names],
+        config.model_dump(mode="json", include=GENERATION_FIELDS),
+        config.llm.model_dump(mode="json", include=LLM_FIELDS),
+        fingerprint(passages),
+    ]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def passage_messages(
+    record: Mapping[str, Any], kind: str, mixture: Mixture, config: GenerateConfig, count: Callable[[str], int] | None
+) -> Messages:
+    """The chat messages for one passage and its type, the passage cut to ``passage_tokens`` by ``count``."""
+    passage = truncate_passage(passage_text(record), count, config.passage_tokens)
+    return build_messages(mixture.prompts[kind], passage, config.seed, record["_id"], config.few_shot)
+
+
+def write_generations(workdir: Path, config: GenerateConfig, llm: LLM, mixture: Mixture, key: str, total: int) -> dict[str, int | float]:
+    """Write ``generations.jsonl``, one raw reply per passage, resuming from a partial file with the same key."""
+    final = workdir / "generations.jsonl"
+    partial, done = resume_partial(final, key, "source_id")
+    count = token_counter(llm)
+    block: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    # Transient: a backend failure (an unreachable server) then ends in its one-line error alone.
+    bar = progress_bar(f"{llm.name} · generating", total=total - len(done), unit="queries", transient=True)
+    with open(partial, "a", encoding="utf-8", newline="\n") as out, bar as advance:
+
+        def flush_block() -> None:
+            if not block:
+                return
+            types = assign_types([record["_id"] for record in block], mixture.names, mixture.probabilities, config.seed)
+            replies = llm.generate(
+                [passage_messages(record, kind, mixture, config, count) for record, kind in zip(block, types)],
+                temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                seeds=[passage_seed(config.seed, record["_id"]) for record in block],
+            )
+            for record, kind, raw in zip(block, types, replies, strict=True):
+                row = {"qid": query_id(record["_id"]), "source_id": record["_id"], "type": kind, "raw": raw}
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            out.flush()
+            advance(len(block))
+            block.clear()
+
+        for record in read_passages(workdir / "passages.jsonl"):
+            if record["_id"] not in done:
+                block.append(record)
+                if len(block) >= config.block:
+                    flush_block()
+        flush_block()
+        os.fsync(out.fileno())
+    seconds = time.perf_counter() - started
+    finish_partial(final, key)
+    generated = total - len(done)
+    return {"generations_resumed": len(done), "generated_now": generated,
+            "queries_per_second": round(generated / seconds, 3) if generated and seconds > 0 else 0.0}
+
+
+# --- step 2: cleaning -------------------------------------------------------------------------
+
+
+def _paired(workdir: Path) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(passage, raw reply) pairs, in passage order; a generations file out of step is an error."""
+    generations = workdir / "generations.jsonl"
+    replies = iter_jsonl(generations)
+    for passage in read_passages(workdir / "passages.jsonl"):
+        number, reply = next(replies, (None, None))
+        if reply is None or reply.get("source_id") != passage["_id"]:
+            raise located(generations, number, f"out of step with passages.jsonl at passage {passage['_id']!r} (delete it and rerun)")
+        yield passage, reply
+    number, extra = next(replies, (None, None))
+    if extra is not None:
+        raise located(generations, number, "has more replies than passages.jsonl has passages (delete it and rerun)")
+
+
+def clean_generations(workdir: Path, config: GenerateConfig, generator: str, mixture: Mixture) -> dict[str, int]:
+    """Write ``queries.jsonl``: each raw reply cleaned, checked and deduplicated; counts per reason and type."""
+    counts: Counter[str] = Counter()
+    deduper = QueryDeduper()
+    examples = mixture.example_queries()
+
+    def records() -> Iterator[dict[str, Any]]:
+        for passage, reply in _paired(workdir):
+            kind = reply["type"]
+            query, reason = clean_query(reply["raw"], passage_text(passage), min_chars=config.min_chars,
+                                        max_chars=config.max_chars, max_copied_words=config.max_copied_words)
+            if query is not None:
+                reason = "copies_example" if normalize_query(query) in examples else deduper.check(query)
+            counts[f"generated_{kind}"] += 1
+            if reason is not None:
+                counts[f"dropped_{reason}_{kind}"] += 1
+                continue
+            counts[f"kept_{kind}"] += 1
+            yield {"qid": reply["qid"], "text": query, "type": kind, "source_id": passage["_id"], "generator": generator}
+
+    write_jsonl(workdir / "queries.jsonl", records())
+    outcomes = ["generated", "kept", *(f"dropped_{reason}" for reason in REASONS)]
+    summary = {outcome: sum(counts[f"{outcome}_{kind}"] for kind in mixture.names) for outcome in outcomes}
+    summary.update({f"{outcome}_{kind}": counts[f"{outcome}_{kind}"] for kind in mixture.names for outcome in outcomes})
+    return summary
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def generate(workdir: Path, config: GenerateConfig, llm: LLM | None = None) -> dict[str, int | float]:
+    """Write ``generations.jsonl`` and ``queries.jsonl`` for the work directory; return the manifest counts.
+
+    ``llm`` replaces the model ``config.model`` names (tests, benchmarks).
+    """
+    mixture = Mixture(config)
+    passages = workdir / "passages.jsonl"
+    total = count_passages(passages)
+    generator = llm.name if llm is not None else config.model
+    key = generations_key(config, generator, mixture, passages)
+    if finished_with_key(workdir / "generations.jsonl", key):
+        written: dict[str, int | float] = {"generations_reused": 1, "generations_resumed": 0, "generated_now": 0, "queries_per_second": 0.0}
+    else:
+        llm = llm or load_llm(config.model, config.llm, config.seed)
+        written = {"generations_reused": 0, **write_generations(workdir, config, llm, mixture, key, total)}
+    return {"passages": total, **clean_generations(workdir, config, generator, mixture), **written}

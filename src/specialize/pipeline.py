@@ -1,0 +1,181 @@
+"""The pipeline: every stage's inputs, outputs and body in one place, run one by one or all at once.
+
+    from specialize import Pipeline
+    Pipeline("config.yaml").run()                  # every stage, skipping those already done
+    Pipeline(config).run(start="label", stop="train")
+
+``specialize run`` and each stage command of the CLI go through the same definitions, so a
+stage run alone and the same stage inside ``run`` are the same work with the same manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from specialize.artifacts import Workdir
+from specialize.config import Config, build_config, load_config, write_resolved
+from specialize.errors import SpecializeError
+
+STAGES = ("prepare", "generate", "mine", "label", "train", "evaluate")
+DEMO_CONFIG = Path(__file__).parent / "data" / "demo.yaml"
+AUDIT_INPUTS = {"label": True, "prefixes": True, "mine": True, "train": {"student"}, "prepare": {"corpus"}}
+"""The config the label stage depends on when it audits: the student, the retrievers and the corpus source too."""
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What one stage reads, writes and runs, for ``Workdir.run_stage``."""
+
+    name: str
+    config: Any
+    inputs: Mapping[str, str | Path]
+    outputs: list[str]
+    body: Callable[[], Mapping[str, Any]]
+    needs: tuple[tuple[str, str], ...] = ()
+    """(file in the work directory, stage that writes it), checked before the stage starts."""
+
+
+def _prepare(cfg: Config, work: Path) -> StagePlan:
+    from specialize.corpus import prepare
+
+    p = cfg.prepare
+    if p.corpus is None:
+        raise SpecializeError("prepare: no corpus given (pass a path or set prepare.corpus in the config)")
+    body = lambda: prepare(  # noqa: E731
+        p.corpus, work, id_field=p.id_field, title_field=p.title_field, text_field=p.text_field, skip_bad=p.skip_bad,
+        min_chars=p.min_chars, dedup=p.dedup, max_passages=p.max_passages, max_chars=p.max_chars, seed=p.seed,
+        exclude_qrels=[Path(q) for q in p.exclude_qrels],
+    )
+    inputs = {"corpus": p.corpus, **{f"exclude_qrels_{i}": q for i, q in enumerate(p.exclude_qrels)}}
+    return StagePlan("prepare", p, inputs, ["corpus.jsonl", "passages.jsonl"], body)
+
+
+def _generate(cfg: Config, work: Path) -> StagePlan:
+    from specialize.generate.stage import generate
+
+    inputs = {"passages": work / "passages.jsonl", **{f"prompts_{i}": path for i, path in enumerate(cfg.generate.prompts)}}
+    return StagePlan("generate", cfg.generate, inputs, ["generations.jsonl", "queries.jsonl"],
+                     lambda: generate(work, cfg.generate), needs=(("passages.jsonl", "prepare"),))
+
+
+def _mine(cfg: Config, work: Path) -> StagePlan:
+    from specialize.mine import mine
+
+    return StagePlan(
+        "mine", cfg.model_dump(mode="json", include={"mine", "prefixes"}),
+        {"corpus": work / "corpus.jsonl", "queries": work / "queries.jsonl"}, ["candidates.jsonl"],
+        lambda: mine(work, cfg.mine, cfg.prefixes), needs=(("corpus.jsonl", "prepare"), ("queries.jsonl", "generate")),
+    )
+
+
+def _label(cfg: Config, work: Path) -> StagePlan:
+    from specialize.label import label, parse_teacher, wants_audit
+
+    parse_teacher(cfg.label.teacher)  # a bad spec fails before any input is read
+    auditing = wants_audit(cfg)
+    return StagePlan(
+        "label", cfg.model_dump(mode="json", include=AUDIT_INPUTS if auditing else {"label": True, "prefixes": True}),
+        {name: work / f"{name}.jsonl" for name in ("corpus", "queries", "candidates")},
+        ["labels.jsonl", "train.jsonl", "dev.jsonl", *(["audit.json"] if auditing else [])],
+        lambda: label(work, cfg.label, cfg.prefixes, audit_with=cfg),
+        needs=(("corpus.jsonl", "prepare"), ("queries.jsonl", "generate"), ("candidates.jsonl", "mine")),
+    )
+
+
+def _train(cfg: Config, work: Path) -> StagePlan:
+    from specialize.train.stage import LOG, SUMMARY, labels_teacher, train
+
+    return StagePlan(
+        "train", cfg.model_dump(mode="json", include={"train", "prefixes"}, exclude={"train": {"resume"}}),
+        {name: work / f"{name}.jsonl" for name in ("corpus", "train", "dev")}, [cfg.train.output, SUMMARY, LOG],
+        lambda: train(work, cfg.train, cfg.prefixes, teacher=labels_teacher(work, cfg.label.teacher)),
+        needs=(("corpus.jsonl", "prepare"), ("train.jsonl", "label"), ("dev.jsonl", "label")),
+    )
+
+
+def evaluation_targets(cfg: Config, work: Path) -> tuple[list[str], list[str]]:
+    """(models, datasets) the evaluate stage compares: as configured, else the student before and after
+    training, on the corpus source's test qrels when it has them."""
+    from specialize.audit import judged_queries
+
+    models = cfg.evaluate.models or [cfg.train.student, *([str(work / cfg.train.output)] if (work / cfg.train.output).is_dir() else [])]
+    datasets = cfg.evaluate.datasets
+    if not datasets:
+        judged = judged_queries(cfg.prepare.corpus, splits=(cfg.evaluate.split,))
+        datasets = [cfg.prepare.corpus] if judged is not None else []
+    return models, datasets
+
+
+def _evaluate(cfg: Config, work: Path) -> StagePlan:
+    from specialize.evaluate import evaluate, slug
+
+    models, datasets = evaluation_targets(cfg, work)
+    if not datasets:
+        raise SpecializeError(f"evaluate: no test set (the corpus has no qrels/{cfg.evaluate.split}.tsv); set evaluate.datasets")
+    settings = cfg.evaluate.model_copy(update={"models": models, "datasets": datasets})
+    names = [f"eval/{slug(dataset.split(':', 1)[1] if dataset.startswith(('demo:', 'beir:')) else Path(dataset).name)}.json" for dataset in datasets]
+    inputs = {f"model_{i}": (work / model if (work / model).exists() else model) for i, model in enumerate(models)}
+    return StagePlan("evaluate", cfg.model_dump(mode="json", include={"evaluate", "prefixes"}) | {"targets": [models, datasets]},
+                     inputs, names, lambda: _eval_counts(evaluate(settings, work, cfg.prefixes)))
+
+
+def _eval_counts(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """nDCG@10 and Recall@100 of every model on every dataset, as manifest counts."""
+    return {f"{dataset}:{model}:{metric}": round(100 * row[metric], 2)
+            for dataset, result in results.items() for model, row in result["models"].items() for metric in ("ndcg@10", "recall@100")}
+
+
+PLANS: dict[str, Callable[[Config, Path], StagePlan]] = {
+    "prepare": _prepare, "generate": _generate, "mine": _mine, "label": _label, "train": _train, "evaluate": _evaluate,
+}
+
+
+def run_stage(cfg: Config, name: str, force: bool = False) -> dict[str, Any]:
+    """Run one stage (or skip it when it is up to date); its manifest, with ``skipped``."""
+    work = Path(cfg.workdir)
+    plan = PLANS[name](cfg, work)
+    for file, stage in plan.needs:
+        if not (work / file).is_file():
+            raise SpecializeError(f"{work / file}: not found; run `specialize {stage}` first")
+    return Workdir(work).run_stage(plan.name, plan.config, plan.inputs, plan.outputs, plan.body, force=force)
+
+
+def stage_range(start: str | None, stop: str | None) -> list[str]:
+    """The stages from ``start`` to ``stop``, inclusive, in pipeline order."""
+    for value in (start, stop):
+        if value is not None and value not in STAGES:
+            raise SpecializeError(f"unknown stage {value!r}; the stages are {', '.join(STAGES)}")
+    first = STAGES.index(start) if start else 0
+    last = STAGES.index(stop) if stop else len(STAGES) - 1
+    if first > last:
+        raise SpecializeError(f"--from {start} comes after --to {stop}")
+    return list(STAGES[first : last + 1])
+
+
+class Pipeline:
+    """Every stage in order on one config: ``Pipeline(config).run()``."""
+
+    def __init__(self, config: Config | str | Path | None = None, **overrides: Any) -> None:
+        """``config``: a Config, a YAML path or None (defaults); ``overrides``: dotted keys, e.g. ``**{"train.epochs": 2}``."""
+        if isinstance(config, Config):
+            self.config = build_config(config.model_dump(mode="json"), overrides, "config")
+        else:
+            self.config = load_config(config, overrides)
+
+    def run(self, start: str | None = None, stop: str | None = None, force: bool = False,
+            on_stage: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
+        """Run the stages from ``start`` to ``stop``; return their manifests by name."""
+        write_resolved(self.config)
+        manifests = {}
+        for name in stage_range(start, stop):
+            manifests[name] = run_stage(self.config, name, force)
+            if on_stage is not None:
+                on_stage(name, manifests[name])
+        if stop in (None, "evaluate"):
+            from specialize.report import report
+
+            report(Path(self.config.workdir))
+        return manifests

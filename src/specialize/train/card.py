@@ -1,0 +1,67 @@
+"""The model card: our facts (base model, teacher, loss, data, dev check, evaluation) atop sentence-transformers' card."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from specialize.artifacts import write_text
+
+HEADING = "## Specialized with `specialize`"
+
+
+def card_section(summary: Mapping[str, Any], workdir: Path) -> str:
+    """Markdown for the facts of one training run (``summary`` is what ``train.json`` holds)."""
+    hyper = summary["hyperparameters"]
+    loss_args = ", ".join(f"{key}={value}" for key, value in summary["loss_parameters"].items())
+    caching = f"; gradient caching in mini-batches of {hyper['mini_batch_size']}" if hyper["mini_batch_size"] else ""
+    best = summary["best_dev_loss"]
+    facts = [
+        ("Base model", f"`{summary['student']}` ({summary['parameters'] / 1e6:.1f}M parameters)"),
+        ("Teacher", f"`{summary['teacher']}`" if summary["teacher"] else "unknown (no labels.jsonl scored by the configured label.teacher)"),
+        ("Loss", f"`{summary['loss']}` ({loss_args})"),
+        ("Learning rate", f"{hyper['learning_rate']:g} ({hyper['learning_rate_source']})"),
+        ("Batch", f"{hyper['batch_size']} queries × {hyper['passages_per_query']} passages per device, {hyper['devices']} device(s){caching}"),
+        ("Schedule", f"{summary['steps']} optimizer steps ({summary['epochs_run']:.2f} epochs); AdamW, warmup {hyper['warmup_steps']} steps then "
+                     f"linear decay, weight decay {hyper['weight_decay']}, gradient clip {hyper['max_grad_norm']}"),
+        ("Max length", f"query {hyper['query_max_length']}, passage {hyper['passage_max_length']} tokens"),
+        ("Precision", hyper["precision"]),
+        ("Best dev loss", f"{best:.4f} (step {summary['best_step']})" if best is not None else "no dev set"),
+    ]
+    lines = [HEADING, "", summary["verdict"], "", "| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in facts)]
+    lines += ["", "### Training data", "", "| query type | train | dev |", "|---|---:|---:|"]
+    types = sorted(set(summary["train_types"]) | set(summary["dev_types"]))
+    lines += [f"| {kind} | {summary['train_types'].get(kind, 0):,} | {summary['dev_types'].get(kind, 0):,} |" for kind in types]
+    lines += [f"| **total** | {summary['train_queries']:,} | {summary['dev_queries']:,} |"]
+    ndcg = summary["dev_ndcg10"]
+    if ndcg:
+        lines += ["", "### Dev check", "", "| model | dev nDCG@10 |", "|---|---:|"]
+        lines += [f"| {name} | {100 * value:.2f} |" for name, value in ndcg.items()]
+        lines += ["", "Each model ranks every dev query's list of teacher-scored passages; nDCG@10 takes the teacher's "
+                      "normalized score (in hundredths) as graded relevance."]
+    lines += evaluation_table(workdir)
+    return "\n".join(lines) + "\n"
+
+
+def evaluation_table(workdir: Path) -> list[str]:
+    """Markdown lines for every model in ``<workdir>/eval/*.json``; none when nothing was evaluated."""
+    rows = []
+    for path in sorted((workdir / "eval").glob("*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        for model, metrics in result.get("models", {}).items():
+            scores = " | ".join(f"{100 * metrics[key]:.2f}" for key in ("ndcg@10", "recall@100", "mrr@10"))
+            rows.append(f"| {result['dataset']} ({result['split']}) | {model} | {scores} |")
+    if not rows:
+        return []
+    header = ["", "### Evaluation", "", "| dataset | model | nDCG@10 | Recall@100 | MRR@10 |", "|---|---|---:|---:|---:|"]
+    return header + rows
+
+
+def add_to_card(folder: Path, section: str) -> None:
+    """Put ``section`` into the folder's README.md before its first ``## `` heading (after the title), or at its end."""
+    readme = folder / "README.md"
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    at = text.find("\n## ") + 1 or len(text)
+    write_text(readme, f"{text[:at]}{section}\n{text[at:]}")

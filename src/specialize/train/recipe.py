@@ -1,0 +1,116 @@
+"""How the student is trained: the loss, the learning rate by model size, the trainer's arguments and collator."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from specialize.config import TrainConfig
+from specialize.models import Prefixes
+from specialize.train.base import ListLoss
+from specialize.train.cached import CachedLoss
+from specialize.train.data import QUERY_COLUMN, passage_columns
+from specialize.train.infonce_loss import InfoNCELoss
+from specialize.train.listwise_loss import ListwiseDistillationLoss
+from specialize.train.margin_mse_loss import MarginMSELoss
+
+LEARNING_RATES = ((60e6, 5e-5), (200e6, 2e-5), (500e6, 1e-5), (math.inf, 5e-6))
+"""(parameter count below which, default learning rate): MiniLM / small, base, large, bigger models."""
+
+
+def default_learning_rate(parameters: int) -> float:
+    """The learning rate for a student of this many parameters (see ``LEARNING_RATES``)."""
+    return next(rate for ceiling, rate in LEARNING_RATES if parameters < ceiling)
+
+
+def build_loss(config: TrainConfig, model) -> tuple[ListLoss, Any]:
+    """The configured list loss, and what the trainer gets: the loss itself, or the loss in gradient caching."""
+    if config.loss == "listwise":
+        loss: ListLoss = ListwiseDistillationLoss(
+            model, config.teacher_temperature, config.student_temperature, config.infonce_weight,
+            config.infonce_temperature, config.false_negative_ratio,
+        )
+    elif config.loss == "infonce":
+        loss = InfoNCELoss(model, config.student_temperature, config.false_negative_ratio)
+    else:  # the scale that aims MarginMSE at the listwise loss's optimum (see MarginMSELoss)
+        loss = MarginMSELoss(model, config.teacher_temperature / config.student_temperature)
+    cached = config.mini_batch_size is not None and config.mini_batch_size < config.batch_size
+    return loss, CachedLoss(loss, config.mini_batch_size) if cached else loss
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` becomes bf16 on a GPU that supports it and fp32 otherwise."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def training_arguments(
+    config: TrainConfig, output_dir: Path, learning_rate: float, prefixes: Prefixes, has_dev: bool
+):
+    """The trainer's arguments: optimizer, schedule, precision, evaluation, checkpoints, prompts, logging."""
+    import torch
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    passages = passage_columns(config.passages_per_query)
+    prompts = {QUERY_COLUMN: prefixes.query} if prefixes.query else {}
+    prompts.update({name: prefixes.passage for name in passages if prefixes.passage})
+    precision = resolve_precision(config.precision)
+    return SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=learning_rate,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type="linear",
+        max_grad_norm=config.max_grad_norm,
+        optim="adamw_torch",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        eval_strategy="steps" if has_dev else "no",
+        eval_steps=_steps(config.eval_steps),
+        save_strategy="steps",
+        save_steps=_steps(config.eval_steps),
+        save_total_limit=2,  # the best and the latest
+        load_best_model_at_end=has_dev,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=_steps(config.logging_steps),
+        prompts=prompts or None,
+        # Tasks pick each column's maximum length in the collator (see `collator`).
+        router_mapping={QUERY_COLUMN: "query", **{name: "document" for name in passages}},
+        report_to=config.report_to,
+        seed=config.seed,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        # Without a GPU, accelerate runs torchrun's processes as DDP over gloo only when told to use the CPU.
+        use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+    )
+
+
+def _steps(value: float) -> float | int:
+    """A step interval as the trainer wants it: a share of the run below 1, else a whole number of steps."""
+    return value if value < 1 else int(value)
+
+
+def collator(model, args, max_lengths: tuple[int, int]):
+    """The library's collator, cutting queries and passages at their own maximum lengths (by column task)."""
+    from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
+
+    query_length, passage_length = max_lengths
+    return SentenceTransformerDataCollator(
+        preprocess_fn=model.preprocess,
+        prompts=args.prompts,
+        router_mapping=args.router_mapping,
+        max_length={"query": query_length, "document": passage_length},
+    )
+
+
+def warmup_steps(config: TrainConfig, train_queries: int, devices: int) -> int:
+    """``warmup_epochs`` in optimizer steps."""
+    return round(config.warmup_epochs * math.ceil(train_queries / (config.batch_size * devices)))

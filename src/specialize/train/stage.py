@@ -1,0 +1,281 @@
+"""The train stage: fine-tune the student on the teacher's lists; publish it only if it ranks the dev lists better.
+
+sentence-transformers' ``SentenceTransformerTrainer`` (the Hugging Face Trainer) does the training:
+AdamW, warmup then linear decay, gradient clipping, bf16/fp16, DDP under ``torchrun`` or
+``accelerate launch``, checkpoints and resuming, early stopping on the dev loss with the best
+checkpoint loaded at the end, its progress bar, logging integrations (TensorBoard, W&B... when
+installed) and the model card. ``recipe`` sets it up (loss, learning rate, arguments, collator);
+this module reads the data, guards resuming, and runs the safety check before publishing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from specialize.artifacts import finished_with_key, fingerprint, write_json
+from specialize.config import PrefixConfig, TrainConfig
+from specialize.encoder import load_encoder
+from specialize.errors import SpecializeError
+from specialize.mine import read_corpus
+from specialize.models import Prefixes
+from specialize.progress import stderr
+from specialize.train.card import add_to_card, card_section
+from specialize.train.data import ScoredList, check_docs, list_dataset, read_lists, type_counts
+from specialize.train.devcheck import dev_ndcg
+from specialize.train.recipe import (
+    build_loss,
+    collator,
+    default_learning_rate,
+    resolve_precision,
+    training_arguments,
+    warmup_steps,
+)
+
+CHECKPOINTS = "checkpoints"
+SUMMARY = "train.json"
+LOG = "train_log.json"
+RUN_KEY = "run.json"
+NOT_TRAINING_SETTINGS = {"resume", "keep_worse", "output", "report_to"}
+"""TrainConfig fields that do not change what a checkpoint holds (resuming ignores them)."""
+
+
+def run_key(config: TrainConfig, prefixes: Prefixes, workdir: Path) -> str:
+    """What a checkpoint depends on: the training settings, the prefixes and the three input files."""
+    settings = config.model_dump(mode="json", exclude=NOT_TRAINING_SETTINGS)
+    digest = hashlib.sha256(json.dumps([settings, asdict(prefixes)], sort_keys=True).encode())
+    for name in ("corpus.jsonl", "train.jsonl", "dev.jsonl"):
+        digest.update(fingerprint(workdir / name).encode())
+    return digest.hexdigest()
+
+
+def prepare_checkpoints(folder: Path, key: str, resume: bool, is_main: bool) -> None:
+    """Check that a resumed run matches its checkpoints; start a fresh run with an empty folder."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if resume:
+        if not folder.is_dir() or get_last_checkpoint(str(folder)) is None:
+            raise SpecializeError(f"{folder}: no checkpoint to resume from; run without --resume")
+        saved = json.loads((folder / RUN_KEY).read_text()) if (folder / RUN_KEY).is_file() else {}
+        if saved.get("key") != key:
+            raise SpecializeError(
+                f"{folder}: the checkpoints come from another train config or other data; run without --resume to start afresh"
+            )
+    elif is_main:
+        shutil.rmtree(folder, ignore_errors=True)
+        write_json(folder / RUN_KEY, {"key": key})
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The checked train and dev lists, and the text of every passage they name."""
+
+    train: list[ScoredList]
+    dev: list[ScoredList]
+    texts: dict[str, str]
+
+    def counts(self) -> dict[str, Any]:
+        """Queries in each split, in all and per query type."""
+        return {
+            "train_queries": len(self.train), "dev_queries": len(self.dev),
+            "train_types": type_counts(self.train), "dev_types": type_counts(self.dev),
+        }
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """How queries and passages are embedded, in training and in the dev check."""
+
+    prefixes: Prefixes
+    max_lengths: tuple[int, int]
+    """(query, passage) tokens: the configured lengths capped by the model's own limit."""
+
+
+def load_data(workdir: Path, size: int) -> TrainingData:
+    """``train.jsonl`` and ``dev.jsonl`` (lists of at least ``size`` passages) and their passages' texts."""
+    train_path, dev_path = workdir / "train.jsonl", workdir / "dev.jsonl"
+    train_rows, dev_rows = read_lists(train_path, size), read_lists(dev_path, size)
+    if not train_rows:
+        raise SpecializeError(f"{train_path}: no training queries; rerun `specialize label` with more queries")
+    needed = {doc for row in (*train_rows, *dev_rows) for doc in row.doc_ids}
+    texts = dict(zip(*read_corpus(workdir / "corpus.jsonl", needed)))
+    check_docs(train_path, train_rows, texts)
+    check_docs(dev_path, dev_rows, texts)
+    return TrainingData(train_rows, dev_rows, texts)
+
+
+def train(
+    workdir: Path,
+    config: TrainConfig,
+    prefixes: Mapping[str, PrefixConfig] | None = None,
+    teacher: str | None = None,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Train the student on ``train.jsonl`` (early stopping on ``dev.jsonl``), publish it, and return the manifest counts.
+
+    Writes ``<config.output>/`` (a SentenceTransformer folder with its model card), ``train.json``
+    (the summary) and ``train_log.json`` (the trainer's log history: training and dev loss by step).
+    ``teacher`` names the labels' teacher for the card; ``callbacks`` are extra trainer callbacks
+    (tests). Under ``torchrun`` every process runs this; the first one checks and publishes.
+    """
+    from sentence_transformers import SentenceTransformerTrainer
+    from transformers import EarlyStoppingCallback
+
+    size = config.passages_per_query
+    data = load_data(workdir, size)
+    overrides = {key: value.model_dump() for key, value in (prefixes or {}).items()}
+    student = load_encoder(config.student, "torch", None, overrides)
+    model = student.model
+    limit = model.max_seq_length or max(config.query_max_length, config.passage_max_length)
+    embedding = Embedding(student.prefixes, (min(config.query_max_length, limit), min(config.passage_max_length, limit)))
+    parameters = sum(p.numel() for p in model.parameters())
+    learning_rate = config.learning_rate or default_learning_rate(parameters)
+    args = training_arguments(config, workdir / CHECKPOINTS, learning_rate, embedding.prefixes, bool(data.dev))
+    args.warmup_steps = warmup_steps(config, len(data.train), args.world_size)
+    prepare_checkpoints(workdir / CHECKPOINTS, run_key(config, embedding.prefixes, workdir), config.resume, args.process_index == 0)
+    loss, trainer_loss = build_loss(config, model)
+    stopping = [EarlyStoppingCallback(config.early_stopping_patience)] if data.dev and config.early_stopping_patience else []
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=list_dataset(data.train, data.texts, size),
+        eval_dataset=list_dataset(data.dev, data.texts, size) if data.dev else None,
+        loss=trainer_loss,
+        data_collator=collator(model, args, embedding.max_lengths),
+        callbacks=[*stopping, *callbacks],
+    )
+    facts = {
+        "student": config.student,
+        "parameters": parameters,
+        "teacher": teacher,
+        "loss": config.loss,
+        "loss_parameters": loss.get_config_dict(),
+        "hyperparameters": hyperparameters(config, args, learning_rate, embedding, cached=trainer_loss is not loss),
+        **data.counts(),
+    }
+    trainer.train(resume_from_checkpoint=True if config.resume else None)
+    if trainer.is_world_process_zero():
+        chosen, ndcg = choose(trainer.model, config, data, embedding, overrides)
+        state = trainer.state
+        summary = {
+            **facts,
+            "published": "trained" if chosen is trainer.model else "base",
+            "verdict": verdict(ndcg, config.keep_worse, state.best_model_checkpoint),
+            "output": config.output,
+            "steps": state.global_step,
+            "epochs_run": round(state.epoch or 0.0, 4),
+            "best_dev_loss": state.best_metric,
+            "best_step": state.best_global_step,
+            "best_checkpoint": state.best_model_checkpoint,
+            "dev_ndcg10": ndcg,
+        }
+        stderr.print(f"[bold]train[/bold]: {summary['verdict']}", highlight=False, soft_wrap=True)
+        publish(chosen, embedding.prefixes, workdir, summary)
+        write_json(workdir / LOG, state.log_history)
+        write_json(workdir / SUMMARY, summary)
+    trainer.accelerator.wait_for_everyone()
+    return manifest_counts(json.loads((workdir / SUMMARY).read_text(encoding="utf-8")))
+
+
+def hyperparameters(config: TrainConfig, args, learning_rate: float, embedding: Embedding, cached: bool) -> dict[str, Any]:
+    """The settings a reader of the model card needs, as the trainer used them."""
+    return {
+        "learning_rate": learning_rate,
+        "learning_rate_source": "set" if config.learning_rate else "default for its parameter count",
+        "batch_size": config.batch_size,
+        "mini_batch_size": config.mini_batch_size if cached else None,
+        "passages_per_query": config.passages_per_query,
+        "devices": args.world_size,
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": config.weight_decay,
+        "max_grad_norm": config.max_grad_norm,
+        "query_max_length": embedding.max_lengths[0],
+        "passage_max_length": embedding.max_lengths[1],
+        "precision": resolve_precision(config.precision),
+        "seed": config.seed,
+    }
+
+
+def choose(trained, config: TrainConfig, data: TrainingData, embedding: Embedding, overrides: Mapping[str, Any]):
+    """The model to publish, and the dev nDCG@10 of the base and trained students ({} without a dev set).
+
+    The trained model is chosen only if it ranks the dev lists strictly better, or with ``keep_worse``.
+    """
+    if not data.dev:
+        return trained, {}
+    base = load_encoder(config.student, "torch", None, overrides).model
+    ndcg = {
+        name: dev_ndcg(model, data.dev, data.texts, embedding.prefixes, embedding.max_lengths, name)
+        for name, model in (("base", base), ("trained", trained))
+    }
+    keep = ndcg["trained"] > ndcg["base"] or config.keep_worse
+    return (trained if keep else base), ndcg
+
+
+def publish(model, prefixes: Prefixes, workdir: Path, summary: Mapping[str, Any]) -> None:
+    """Save ``model`` with its prefixes as prompts and our facts atop its card, replacing ``summary["output"]`` at once."""
+    final = workdir / summary["output"]
+    staging = final.with_name(f".{final.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    if prefixes.query:
+        model.prompts["query"] = prefixes.query
+    if prefixes.passage:
+        model.prompts["document"] = prefixes.passage
+    model.save_pretrained(str(staging))
+    add_to_card(staging, card_section(summary, workdir))
+    replace_folder(staging, final)
+
+
+def verdict(ndcg: Mapping[str, float], keep_worse: bool, checkpoint: str | None) -> str:
+    """One plain sentence on what was published and why."""
+    if not ndcg:
+        return "No dev set (label.dev_fraction is 0), so nothing to check against: the trained model is published."
+    numbers = f"dev nDCG@10 {100 * ndcg['trained']:.2f} trained vs {100 * ndcg['base']:.2f} base"
+    if ndcg["trained"] > ndcg["base"]:
+        return f"The trained model ranks the dev lists better than the base model ({numbers}): the trained model is published."
+    if keep_worse:
+        return f"The trained model ranks the dev lists no better than the base model ({numbers}); it is published anyway (--keep-worse)."
+    return (
+        f"Training did not help: the trained model ranks the dev lists no better than the base model ({numbers}), "
+        f"so the base model is published unchanged (--keep-worse publishes the trained one; its best checkpoint is {checkpoint})."
+    )
+
+
+def replace_folder(staging: Path, final: Path) -> None:
+    """Move a finished folder onto ``final``, replacing what was there, never leaving a half-written one."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def labels_teacher(workdir: Path, teacher: str | list[str]) -> str | None:
+    """The teacher spec if ``labels.jsonl`` was scored by it with the current inputs (its key says so), else None."""
+    from specialize.label import _labels_key
+    from specialize.teachers import parse_teacher
+
+    if not all((workdir / name).is_file() for name in ("corpus.jsonl", "queries.jsonl", "candidates.jsonl")):
+        return None
+    spec = parse_teacher(teacher)
+    return str(spec) if finished_with_key(workdir / "labels.jsonl", _labels_key(spec, workdir)) else None
+
+
+def manifest_counts(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The stage manifest's counts: data sizes per type, steps, dev check and what was published."""
+    counts: dict[str, Any] = {"train_queries": summary["train_queries"], "dev_queries": summary["dev_queries"]}
+    counts.update({f"train_{kind}": n for kind, n in summary["train_types"].items()})
+    counts.update({f"dev_{kind}": n for kind, n in summary["dev_types"].items()})
+    counts.update({"steps": summary["steps"], "learning_rate": summary["hyperparameters"]["learning_rate"]})
+    if summary["best_dev_loss"] is not None:
+        counts["best_dev_loss"] = round(summary["best_dev_loss"], 6)
+    counts.update({f"dev_ndcg10_{name}": round(value, 6) for name, value in summary["dev_ndcg10"].items()})
+    counts["published"] = summary["published"]
+    return counts

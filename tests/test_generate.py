@@ -1,0 +1,281 @@
+"""The generate stage: real gemma-270m output for every type, cleaning drops by reason, resume
+after a kill, the OpenAI-compatible backend over HTTP, and one-line errors from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TINY_CHAT_TEMPLATE
+from test_cli import assert_one_line_error, cli
+from test_llm import Server
+
+from specialize.config import QUERY_TYPES, GenerateConfig, LLMConfig
+from specialize.corpus import load_corpus
+from specialize.errors import SpecializeError
+from specialize.generate.cleaning import MAX_CHARS, copies_passage
+from specialize.generate.prompts import WORDS_PER_TOKEN, assign_types, load_prompt_types
+from specialize.generate.stage import REASONS, generate, passage_seed, passage_text, query_id
+from specialize.llm import load_llm
+
+BUNDLED = load_prompt_types()
+# Tiny prompts and replies: gemma-270m on 2 busy cores takes seconds per prompt.
+SMALL = {"few_shot": 1, "passage_tokens": 48, "max_new_tokens": 12}
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _write_passages(folder, docs):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "passages.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_per_type(scifact_slice):
+    """Six SciFact abstracts that the default mixture (seed 42) gives one type each."""
+    chosen: dict[str, dict] = {}
+    for doc in load_corpus(scifact_slice):
+        (kind,) = assign_types([doc["_id"]], list(QUERY_TYPES), [1 / 6] * 6, 42)
+        chosen.setdefault(kind, doc)
+        if len(chosen) == len(QUERY_TYPES):
+            break
+    return [chosen[kind] for kind in QUERY_TYPES]
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    """conftest's gemma_llama_cpp on one thread: on 2 cores shared with other jobs, llama.cpp's
+    spinning threads make two threads 3-5x slower than one."""
+    return load_llm("bundled:gemma-270m", LLMConfig(backend="llama_cpp", chat_template=TINY_CHAT_TEMPLATE, context_tokens=1024, threads=1))
+
+
+@pytest.fixture(scope="module")
+def gemma_run(tmp_path_factory, one_per_type, gemma):
+    """An uninterrupted run of the real gemma-270m over the six passages."""
+    work = _write_passages(tmp_path_factory.mktemp("gemma") / "whole", one_per_type)
+    counts = generate(work, GenerateConfig(block=2, **SMALL), llm=gemma)
+    return work, counts
+
+
+# --- real output ------------------------------------------------------------------------------
+
+
+def test_every_bundled_type_gets_a_reply_and_kept_queries_are_clean(gemma_run, one_per_type):
+    work, counts = gemma_run
+    replies = _lines(work / "generations.jsonl")
+    assert [r["source_id"] for r in replies] == [doc["_id"] for doc in one_per_type]
+    assert [r["type"] for r in replies] == list(QUERY_TYPES)
+    assert all(r["qid"] == query_id(r["source_id"]) and isinstance(r["raw"], str) for r in replies)
+    texts = {doc["_id"]: passage_text(doc) for doc in one_per_type}
+    queries = _lines(work / "queries.jsonl")
+    for query in queries:
+        assert set(query) == {"qid", "text", "type", "source_id", "generator"}
+        assert query["generator"] == "bundled:gemma-270m" and query["qid"] == query_id(query["source_id"])
+        text = query["text"]
+        assert "\n" not in text and text == text.strip() and 5 <= len(text) <= MAX_CHARS
+        assert text[0] not in "\"'`*" and not text.lower().startswith(("query:", "question:"))
+        assert not copies_passage(text, texts[query["source_id"]])
+    assert counts["passages"] == counts["generated"] == 6 and counts["generated_now"] == 6
+    assert counts["kept"] == len(queries) and counts["kept"] + sum(counts[f"dropped_{r}"] for r in REASONS) == 6
+    for kind in QUERY_TYPES:
+        assert counts[f"generated_{kind}"] == 1
+        assert counts[f"kept_{kind}"] + sum(counts[f"dropped_{r}_{kind}"] for r in REASONS) == 1
+    assert counts["queries_per_second"] > 0 and counts["generations_reused"] == 0
+
+
+class Killable:
+    """An LLM wrapper that dies (as by Ctrl-C) when asked for more than ``limit`` prompts in all."""
+
+    def __init__(self, llm, limit=None):
+        self.inner, self.limit, self.asked = llm, limit, []
+
+    def __getattr__(self, name):  # the name, and the tokenizer the stage cuts passages with
+        return getattr(self.inner, name)
+
+    def generate(self, prompts, **options):
+        if self.limit is not None and len(self.asked) + len(prompts) > self.limit:
+            raise KeyboardInterrupt
+        self.asked += [messages[-1]["content"] for messages in prompts]
+        return self.inner.generate(prompts, **options)
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(gemma_run, one_per_type, gemma, tmp_path):
+    whole, expected = gemma_run
+    broken = _write_passages(tmp_path / "broken", one_per_type)
+    config = GenerateConfig(block=2, **SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        generate(broken, config, llm=Killable(gemma, limit=3))  # dies asking for the second block
+    assert not (broken / "queries.jsonl").exists() and not (broken / "generations.jsonl").exists()
+    (partial,) = broken.glob(".generations.jsonl.*.partial")
+    assert [r["source_id"] for r in _lines(partial)] == [doc["_id"] for doc in one_per_type[:2]]
+    with open(partial, "a") as handle:
+        handle.write('{"qid": "gen-torn", "source_id": "torn", "ty')  # a write cut off by the kill
+
+    llm = Killable(gemma)
+    resumed = generate(broken, config, llm=llm)
+    assert len(llm.asked) == 4 and not any(passage_text(doc)[:40] in "".join(llm.asked) for doc in one_per_type[:2])
+    for name in ("generations.jsonl", "queries.jsonl"):
+        assert (broken / name).read_bytes() == (whole / name).read_bytes(), name
+    assert resumed["generations_resumed"] == 2 and resumed["generated_now"] == 4
+    same = {key for key in expected if key not in ("generations_resumed", "generated_now", "queries_per_second")}
+    assert {key: resumed[key] for key in same} == {key: expected[key] for key in same}
+    assert not list(broken.glob(".generations.jsonl.*.partial"))
+
+
+# --- cleaning, with a scripted LLM --------------------------------------------------------------
+
+
+class Scripted:
+    """An LLM whose reply to each passage is written in advance, keyed by the passage title."""
+
+    name = "scripted"
+
+    def __init__(self, replies):
+        self.replies, self.calls = replies, []
+
+    def generate(self, prompts, *, temperature, max_new_tokens, seeds):
+        self.calls.append((len(prompts), temperature, max_new_tokens, list(seeds)))
+        titles = [messages[-1]["content"].rsplit("Passage: ", 1)[1].split(".")[0] for messages in prompts]
+        return [self.replies[title] for title in titles]
+
+
+OCTOPUS = "An octopus has about 500 million neurons, and two thirds of them sit in its arms rather than in its brain"
+SCRIPT = {
+    "quoted": '"How much of an octopus brain is in its arms?"',
+    "prefixed": "Query: octopus neurons arms",
+    "listed": "Sure! Here is a query:\n1. **where are octopus neurons**\n2. another",
+    "empty": "  \n\n ",
+    "short": "no",
+    "long": "octopus " * 40,
+    "echo": f"echo. {OCTOPUS}",
+    "duplicate": "how much of an octopus brain is in its arms",
+    "example": BUNDLED["question"].examples[0].query,
+}
+KEPT = {"quoted": "How much of an octopus brain is in its arms?", "prefixed": "octopus neurons arms", "listed": "where are octopus neurons"}
+DROPPED = {"empty": "empty", "short": "too_short", "long": "too_long", "echo": "copies_passage", "duplicate": "duplicate", "example": "copies_example"}
+
+
+def test_cleaning_keeps_the_query_and_counts_every_drop_by_reason_and_type(tmp_path):
+    docs = [{"_id": f"d-{title}", "title": title, "text": OCTOPUS} for title in SCRIPT]
+    work = _write_passages(tmp_path, docs)
+    config = GenerateConfig(types=["question", "claim"], type_weights={"claim": 3}, block=4)
+    llm = Scripted(SCRIPT)
+    counts = generate(work, config, llm=llm)
+    kinds = dict(zip((doc["_id"] for doc in docs), assign_types([doc["_id"] for doc in docs], ["question", "claim"], [0.25, 0.75], 42)))
+    queries = _lines(work / "queries.jsonl")
+    assert {q["source_id"]: q["text"] for q in queries} == {f"d-{title}": text for title, text in KEPT.items()}
+    assert all(q["type"] == kinds[q["source_id"]] and q["generator"] == "scripted" for q in queries)
+    assert counts["kept"] == 3 and counts["generated"] == len(SCRIPT)
+    for reason in REASONS:
+        assert counts[f"dropped_{reason}"] == list(DROPPED.values()).count(reason)
+        for kind in ("question", "claim"):
+            expected = sum(DROPPED.get(title) == reason and kinds[f"d-{title}"] == kind for title in SCRIPT)
+            assert counts[f"dropped_{reason}_{kind}"] == expected, (reason, kind)
+    assert [call[0] for call in llm.calls] == [4, 4, 1]
+    assert all(call[1:3] == (0.8, 50) for call in llm.calls)
+    assert [seed for call in llm.calls for seed in call[3]] == [passage_seed(42, doc["_id"]) for doc in docs]
+
+    # Only a cleaning threshold changed: the replies are cleaned again, no model is asked.
+    stricter = generate(work, config.model_copy(update={"min_chars": 30}), llm=Scripted({}))
+    assert stricter["generations_reused"] == 1 and stricter["generated_now"] == 0
+    assert stricter["kept"] == 1 and stricter["dropped_too_short"] == 3
+
+
+def test_seeds_and_qids_depend_only_on_the_passage():
+    assert passage_seed(42, "a") == passage_seed(42, "a") != passage_seed(43, "a")
+    assert 0 <= passage_seed(42, "b") < 2**31
+    assert query_id("doc1") == "gen-doc1" != "doc1"
+    assert passage_text({"title": "Octopus", "text": "Arms."}) == "Octopus. Arms."
+    assert passage_text({"title": "Why?", "text": "Arms."}) == "Why? Arms."
+    assert passage_text({"title": "", "text": "Arms."}) == "Arms."
+
+
+def test_bad_passages_files_are_one_line_errors(tmp_path):
+    config = GenerateConfig()
+    with pytest.raises(SpecializeError, match="not found; run `specialize prepare` first"):
+        generate(tmp_path, config, llm=Scripted({}))
+    (tmp_path / "passages.jsonl").write_text("")
+    with pytest.raises(SpecializeError, match="no passages"):
+        generate(tmp_path, config, llm=Scripted({}))
+    _write_passages(tmp_path, [{"_id": "a", "text": "x"}, {"_id": "a", "text": "y"}])
+    with pytest.raises(SpecializeError, match="duplicate passage id 'a'"):
+        generate(tmp_path, config, llm=Scripted({}))
+    _write_passages(tmp_path, [{"_id": "a", "body": "x"}])
+    with pytest.raises(SpecializeError, match=r"passages.jsonl:1: expected string fields '_id' and 'text'"):
+        generate(tmp_path, config, llm=Scripted({}))
+
+
+# --- an OpenAI-compatible server over HTTP --------------------------------------------------------
+
+
+class EchoServer(Server):
+    """A chat-completions server whose reply names the first words of the prompt's passage."""
+
+    @staticmethod
+    def answer(body):
+        passage = body["messages"][-1]["content"].rsplit("Passage: ", 1)[1].removesuffix("\nQuery:")
+        text = f'"what about {" ".join(passage.split()[:3])}"\nmore words'
+        choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [choice]}
+
+
+@pytest.fixture
+def echo_server():
+    server = EchoServer(delay=0.02)
+    yield server
+    server.close()
+
+
+def test_openai_backend_end_to_end(echo_server, one_per_type, tmp_path):
+    work = _write_passages(tmp_path, one_per_type)
+    llm = LLMConfig(backend="openai", base_url=echo_server.url, max_concurrency=2, max_retries=0)
+    counts = generate(work, GenerateConfig(model="served-model", llm=llm, passage_tokens=16, block=4))
+    queries = _lines(work / "queries.jsonl")
+    assert counts["kept"] == len(queries) == 6 and counts["generated_now"] == 6
+    for doc, query in zip(one_per_type, queries):
+        assert query["text"] == "what about " + " ".join(passage_text(doc).split()[:3])
+        assert query["generator"] == "served-model"
+    requests = sorted(echo_server.requests, key=lambda body: body["seed"])
+    assert [body["seed"] for body in requests] == sorted(passage_seed(42, doc["_id"]) for doc in one_per_type)
+    assert {(body["model"], body["temperature"], body["max_tokens"]) for body in requests} == {("served-model", 0.8, 50)}
+    # No tokenizer behind a server: the passage is cut by the word estimate (16 tokens = 12 words).
+    shown = requests[0]["messages"][-1]["content"].rsplit("Passage: ", 1)[1].removesuffix("\nQuery:")
+    assert len(shown.split()) == int(16 * WORDS_PER_TOKEN)
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def test_cli_generates_through_a_server_and_skips_when_unchanged(echo_server, one_per_type, tmp_path):
+    work = _write_passages(tmp_path, one_per_type)
+    args = ("generate", "-w", str(work), "--backend", "openai", "--base-url", echo_server.url, "--model", "served", "--types", "question,claim")
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "done in" in result.stdout and "kept: 6" in result.stdout and "dropped_copies_passage" in result.stdout
+    manifest = json.loads((work / "stages" / "generate.json").read_text())
+    assert set(manifest["outputs"]) == {"generations.jsonl", "queries.jsonl"} and manifest["counts"]["kept"] == 6
+    assert {q["type"] for q in _lines(work / "queries.jsonl")} <= {"question", "claim"}
+    again = cli(*args)
+    assert again.returncode == 0 and "skipped" in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("passages", "args", "fragments"),
+    [
+        (None, (), ("passages.jsonl: not found", "specialize prepare")),
+        ("", (), ("passages.jsonl: no passages",)),
+        ("ok", ("--types", "question,quiz"), ("generate.types: unknown query type 'quiz'", "did you mean 'question'")),
+        ("ok", ("--model", "/no/such/model.gguf"), ("/no/such/model.gguf: model file not found",)),
+        ("ok", ("--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--set", "generate.llm.max_retries=0"),
+         ("http://127.0.0.1:9/v1: cannot reach the server",)),
+    ],
+    ids=["missing-passages", "empty-passages", "unknown-type", "missing-model", "unreachable-server"],
+)
+def test_cli_one_line_errors(tmp_path, passages, args, fragments):
+    if passages is not None:
+        text = json.dumps({"_id": "d1", "title": "", "text": "An octopus has most of its neurons in its arms."}) + "\n"
+        (tmp_path / "passages.jsonl").write_text(text if passages else "")
+    assert_one_line_error(cli("generate", "-w", str(tmp_path), *args), *fragments)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ def candidates(dataset, qids: list[str]) -> dict[str, list[str]]:
 
 def score_with_cache(name: str, teacher_factory, dataset, lists: dict[str, list[str]], cache: Path) -> tuple[dict, float]:
     """Scores of one teacher for every (query, candidates), from the cache where present; and its pairs/s."""
-    path = cache / f"{name.replace('/', '_').replace(':', '_')}.json"
+    path = cache / f"{re.sub(r'[^A-Za-z0-9.-]+', '_', name)}.json"
     stored = json.loads(path.read_text()) if path.is_file() else {"scores": {}, "pairs": 0, "seconds": 0.0}
     todo = [qid for qid in lists if qid not in stored["scores"]]
     if todo:

@@ -93,11 +93,11 @@ def test_percentile_ranks_and_weighted_ensemble():
         def score(self, query, passages):
             return self.scores
 
-    ensemble = EnsembleTeacher([(Fixed("a", [1, 100, 50]), 3.0), (Fixed("b", [0.3, 0.1, 0.2]), 1.0)])
+    ensemble = EnsembleTeacher([(Fixed("a", [1, 100, 50]), 3.0), (Fixed("b", [0.3, 0.1, 0.2]), 1.0)], "percentile")
     # a: percentiles (0, 1, .5) weight 3; b: (1, 0, .5) weight 1 -> (1/4, 3/4, 1/2): scales do not matter.
     assert ensemble.score("q", ["x", "y", "z"]) == pytest.approx([0.25, 0.75, 0.5])
     # minmax keeps the margins: a (0, 1, 49/99) weight 3, b (1, 0, .5) weight 1.
-    minmax = EnsembleTeacher(ensemble.members, "minmax")
+    minmax = EnsembleTeacher(ensemble.members)  # the default
     assert minmax.score("q", ["x", "y", "z"]) == pytest.approx([0.25, 0.75, (3 * 49 / 99 + 0.5) / 4])
     assert minmax_scaled([2, 2]).tolist() == [0.5, 0.5] and minmax_scaled([3]).tolist() == [1.0]
 

@@ -124,8 +124,8 @@ class LabelConfig(StrictModel):
     )
     batch_size: int = Field(32, ge=1, description="Pairs per model call (cross-encoder) / texts per encode (bi-encoder).")
     backend: Backend = Field("auto", description="Bi-encoder teacher backend.")
-    ensemble_normalization: Literal["percentile", "minmax"] = Field(
-        "percentile", description="How ensemble members' scores are put on one scale per query: percentile ranks or min-max."
+    ensemble_normalization: Literal["minmax", "percentile"] = Field(
+        "minmax", description="How ensemble members' scores are put on one scale per query: min-max (measured best) or percentile ranks."
     )
     llm: LLMConfig = Field(default_factory=LLMConfig, description="How an llm-judge teacher runs.")
     audit: Literal["auto", "always", "never"] = Field(

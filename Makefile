@@ -46,6 +46,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_cpu_backends.py
 	$(PY) benchmarks/bench_prepare.py
 	$(PY) benchmarks/bench_mine.py
+	$(PY) benchmarks/bench_label.py
+	$(PY) benchmarks/bench_teachers.py
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_roundtrip.py
 	$(PY) benchmarks/bench_gradcache.py

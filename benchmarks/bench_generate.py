@@ -49,7 +49,7 @@ def bare_messages(passages: list[dict], config, llm) -> tuple[list[list[dict]], 
     return messages, [passage_seed(config.seed, p["_id"]) for p in passages]
 
 
-def measure(model: str, passages: list[dict], chunk: int, threads: int | None) -> dict:
+def measure(model: str, passages: list[dict], chunk: int, threads: int) -> dict:
     """Seconds and tokens of ours and bare over the same prompts, chunk by chunk, alternating."""
     from specialize.artifacts import read_jsonl
     from specialize.config import GenerateConfig, LLMConfig
@@ -58,6 +58,7 @@ def measure(model: str, passages: list[dict], chunk: int, threads: int | None) -
 
     config = GenerateConfig(model=model, llm=LLMConfig(threads=threads), block=chunk)
     llm = load_llm(model, config.llm, config.seed)
+    llm.llm._ctx.set_n_threads(threads, threads)  # llm.threads sets decode threads only, not the prompt's
     tokens = lambda text: len(llm.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))  # noqa: E731
     totals = {"ours_s": 0.0, "bare_s": 0.0, "ours_tokens": 0, "bare_tokens": 0, "prompt_tokens": 0}
     with tempfile.TemporaryDirectory() as folder:
@@ -89,7 +90,7 @@ def measure(model: str, passages: list[dict], chunk: int, threads: int | None) -
     }
 
 
-def _child(model: str, passages: list[dict], chunk: int, threads: int | None, out: multiprocessing.Queue) -> None:
+def _child(model: str, passages: list[dict], chunk: int, threads: int, out: multiprocessing.Queue) -> None:
     out.put(measure(model, passages, chunk, threads))
 
 
@@ -98,7 +99,7 @@ def main() -> None:
     parser.add_argument("--models", default="bundled:qwen-0.5b,bundled:qwen-1.5b")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--chunk", type=int, default=4, help="prompts per alternation (and the stage's block)")
-    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 is fastest on a busy 2-core machine)")
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads, decode and prompt (1 is fastest on a busy 2-core machine)")
     args = parser.parse_args()
 
     passages = sample_passages(args.prompts)

@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--passages", type=int, default=SAMPLE, help=f"the first N of the {SAMPLE} sampled abstracts (the same for every type)")
     parser.add_argument("--types", default=None, help="comma-separated; default: every bundled type")
     parser.add_argument("--prompts", action="append", default=[], help="prompt files or folders on top of the bank (generate.prompts)")
-    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 is fastest on a busy 2-core machine)")
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads, decode and prompt (1 is fastest on a busy 2-core machine)")
     parser.add_argument("--label", default="", help="what this attempt changed, saved with the figures")
     args = parser.parse_args()
 
@@ -88,6 +88,7 @@ def main() -> None:
         started = time.perf_counter()
         if llm is None and not (work / "queries.jsonl").is_file():
             llm = load_llm(args.generator, config.llm, config.seed)
+            llm.llm._ctx.set_n_threads(args.threads, args.threads)  # llm.threads sets decode threads only, not the prompt's
         counts = generate(work, config.model_copy(update={"types": [kind]}), llm=llm)
         seconds = time.perf_counter() - started
         queries = [record for _, record in iter_jsonl(work / "queries.jsonl")]

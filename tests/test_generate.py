@@ -136,6 +136,9 @@ class Scripted:
     def __init__(self, replies):
         self.replies, self.calls = replies, []
 
+    def count_tokens(self, text):
+        return None
+
     def generate(self, prompts, *, temperature, max_new_tokens, seeds):
         self.calls.append((len(prompts), temperature, max_new_tokens, list(seeds)))
         titles = [messages[-1]["content"].rsplit("Passage: ", 1)[1].split(".")[0] for messages in prompts]

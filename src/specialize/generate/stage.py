@@ -84,9 +84,8 @@ def count_passages(path: Path) -> int:
 
 
 def token_counter(llm: LLM) -> Callable[[str], int] | None:
-    """The backend's own token counter; None when it has none (a server): prompts then count words."""
-    count = getattr(llm, "count_tokens", None)
-    return count if count is not None and count("a b") is not None else None
+    """The backend's token counter, or None when it cannot count (a server): passages are then cut by words."""
+    return llm.count_tokens if llm.count_tokens("") is not None else None
 
 
 # --- step 1: raw replies ----------------------------------------------------------------------

@@ -50,9 +50,13 @@ def resolve_precision(precision: str) -> str:
 
 
 def training_arguments(
-    config: TrainConfig, output_dir: Path, learning_rate: float, prefixes: Prefixes, has_dev: bool
+    config: TrainConfig, output_dir: Path, prefixes: Prefixes, has_dev: bool
 ):
-    """The trainer's arguments: optimizer, schedule, precision, evaluation, checkpoints, prompts, logging."""
+    """The trainer's arguments: optimizer, schedule, precision, evaluation, checkpoints, prompts, logging.
+
+    Building them starts torchrun's process group and picks this process's device. The learning
+    rate and the warmup depend on the model and the device count: the caller sets them.
+    """
     import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
 
@@ -66,7 +70,6 @@ def training_arguments(
         max_steps=config.max_steps or -1,
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
-        learning_rate=learning_rate,
         weight_decay=config.weight_decay,
         lr_scheduler_type="linear",
         max_grad_norm=config.max_grad_norm,

@@ -24,7 +24,7 @@ from specialize.config import PrefixConfig, TrainConfig
 from specialize.encoder import load_encoder
 from specialize.errors import SpecializeError
 from specialize.mine import read_corpus
-from specialize.models import Prefixes
+from specialize.models import Prefixes, model_prefixes
 from specialize.progress import stderr
 from specialize.train.card import add_to_card, card_section
 from specialize.train.data import ScoredList, check_docs, list_dataset, read_lists, type_counts
@@ -130,13 +130,13 @@ def train(
     size = config.passages_per_query
     data = load_data(workdir, size)
     overrides = {key: value.model_dump() for key, value in (prefixes or {}).items()}
-    student = load_encoder(config.student, "torch", None, overrides)
+    args = training_arguments(config, workdir / CHECKPOINTS, model_prefixes(config.student, overrides), bool(data.dev))
+    student = load_encoder(config.student, "torch", None, overrides)  # after the arguments: on this process's device
     model = student.model
     limit = model.max_seq_length or max(config.query_max_length, config.passage_max_length)
     embedding = Embedding(student.prefixes, (min(config.query_max_length, limit), min(config.passage_max_length, limit)))
     parameters = sum(p.numel() for p in model.parameters())
-    learning_rate = config.learning_rate or default_learning_rate(parameters)
-    args = training_arguments(config, workdir / CHECKPOINTS, learning_rate, embedding.prefixes, bool(data.dev))
+    args.learning_rate = config.learning_rate or default_learning_rate(parameters)
     args.warmup_steps = warmup_steps(config, len(data.train), args.world_size)
     prepare_checkpoints(workdir / CHECKPOINTS, run_key(config, embedding.prefixes, workdir), config.resume, args.process_index == 0)
     loss, trainer_loss = build_loss(config, model)
@@ -156,7 +156,7 @@ def train(
         "teacher": teacher,
         "loss": config.loss,
         "loss_parameters": loss.get_config_dict(),
-        "hyperparameters": hyperparameters(config, args, learning_rate, embedding, cached=trainer_loss is not loss),
+        "hyperparameters": hyperparameters(config, args, embedding, cached=trainer_loss is not loss),
         **data.counts(),
     }
     trainer.train(resume_from_checkpoint=True if config.resume else None)
@@ -183,10 +183,10 @@ def train(
     return manifest_counts(json.loads((workdir / SUMMARY).read_text(encoding="utf-8")))
 
 
-def hyperparameters(config: TrainConfig, args, learning_rate: float, embedding: Embedding, cached: bool) -> dict[str, Any]:
+def hyperparameters(config: TrainConfig, args, embedding: Embedding, cached: bool) -> dict[str, Any]:
     """The settings a reader of the model card needs, as the trainer used them."""
     return {
-        "learning_rate": learning_rate,
+        "learning_rate": args.learning_rate,
         "learning_rate_source": "set" if config.learning_rate else "default for its parameter count",
         "batch_size": config.batch_size,
         "mini_batch_size": config.mini_batch_size if cached else None,

@@ -9,6 +9,8 @@ the same ``Llama`` instance (same load parameters, no second copy of the weights
 each of its chunks; within a chunk it keeps llama-cpp-python's prefix reuse between prompts,
 which our backend gives up so that a seed always gives the same text. Tokens are counted by tokenizing each reply with the model's own
 tokenizer, the same way on both sides. Peak RSS is per model (each runs in its own process).
+Rows of models not measured in a run are kept from the last results, so models can be measured
+one at a time.
 
     python benchmarks/bench_generate.py [--models bundled:qwen-0.5b,bundled:qwen-1.5b] [--prompts 24]
 """
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import peak_rss_mb, print_table, save  # noqa: E402
+from _common import RESULTS, peak_rss_mb, print_table, save  # noqa: E402
 
 
 def sample_passages(count: int) -> list[dict]:
@@ -90,6 +92,14 @@ def measure(model: str, passages: list[dict], chunk: int, threads: int) -> dict:
     }
 
 
+def with_earlier_rows(rows: list[dict]) -> list[dict]:
+    """These rows, after the rows of the last results for models not measured this time."""
+    path = RESULTS / "generate.json"
+    earlier = json.loads(path.read_text())["rows"] if path.is_file() else []
+    measured = {row["model"] for row in rows}
+    return [row for row in earlier if row["model"] not in measured] + rows
+
+
 def _child(model: str, passages: list[dict], chunk: int, threads: int, out: multiprocessing.Queue) -> None:
     out.put(measure(model, passages, chunk, threads))
 
@@ -104,18 +114,18 @@ def main() -> None:
 
     passages = sample_passages(args.prompts)
     context = multiprocessing.get_context("spawn")
-    rows = []
+    rows: list[dict] = []
     for model in args.models.split(","):
         queue = context.Queue()
         child = context.Process(target=_child, args=(model, passages, args.chunk, args.threads, queue))
         child.start()
         rows.append(queue.get())
         child.join()
-    print_table(f"generate: our llama.cpp stage vs bare create_chat_completion ({args.prompts} SciFact prompts, {args.threads} thread)", rows)
+    rows = with_earlier_rows(rows)
+    print_table(f"generate: our llama.cpp stage vs bare create_chat_completion (SciFact prompts, {args.threads} thread)", rows)
     fastest = max(rows, key=lambda row: row["ours_q_per_s"])
     path = save("generate", {
-        "prompts": args.prompts, "chunk": args.chunk, "threads": args.threads, "rows": rows, "target_ratio": 0.9,
-        "fastest": fastest["model"],
+        "chunk": args.chunk, "threads": args.threads, "rows": rows, "target_ratio": 0.9, "fastest": fastest["model"],
         "note": "wall times on a 2-core machine shared with other jobs; ours and bare alternate chunk by chunk on one Llama",
     })
     print(f"wrote {path}")

@@ -23,7 +23,7 @@ from specialize.config import TrainConfig
 from specialize.errors import SpecializeError
 from specialize.models import resolve_model
 from specialize.train import CachedLoss, InfoNCELoss, ListwiseDistillationLoss, MarginMSELoss
-from specialize.train.data import read_lists
+from specialize.train.data import read_lists, training_subset
 from specialize.train.devcheck import teacher_grades
 from specialize.train.recipe import build_loss, default_learning_rate
 from specialize.train.stage import train
@@ -275,6 +275,46 @@ def test_ddp_over_two_cpu_processes(tmp_path, lists_dir):
     summary = json.loads((work / "train.json").read_text())
     assert summary["hyperparameters"]["devices"] == 2 and summary["steps"] == 2
     assert result.stdout.count("train: done") == 1  # one process reports
+
+
+# --- the query-type ablation and other variants ------------------------------------------------
+
+
+def test_training_subset_keeps_the_types_then_a_seeded_sample(lists_dir):
+    rows = read_lists(lists_dir / "train.jsonl", 3)
+    questions = training_subset(rows, ["question"], None, 42)
+    assert [row.type for row in questions] == ["question"] * 3
+    sample = training_subset(rows, None, 4, 42)
+    assert len(sample) == 4 and sample == training_subset(rows, None, 4, 42) and sample != training_subset(rows, None, 4, 7)
+    assert [row.line for row in sample] == sorted(row.line for row in sample)
+    assert training_subset(rows, ["claim"], 99, 42) == [row for row in rows if row.type == "claim"]
+    with pytest.raises(SpecializeError, match=r"train.types \['title'\]: .*'claim': 5"):
+        training_subset(rows, ["title"], None, 42)
+
+
+def test_run_ablate_types_trains_one_variant_per_type_and_a_same_size_mixture(tmp_path, lists_dir):
+    from specialize.pipeline import evaluation_targets
+    from specialize.config import load_config
+
+    work = workdir_with(lists_dir, tmp_path / "w")
+    flags = [*tiny_flags(max_steps=1), "--set=evaluate.datasets=[demo:scifact]"]
+    code, out, err = run_cli("run", "--workdir", str(work), "--from", "train", "--to", "train", "--ablate-types", *flags)
+    assert code == 0, err
+    variants = work / "variants"
+    assert sorted(path.name for path in variants.iterdir()) == ["mixture-4", "type-claim", "type-question"]
+    expected = {"mixture-4": 4, "type-claim": 5, "type-question": 3}
+    for name, queries in expected.items():
+        summary = json.loads((variants / name / "train.json").read_text())
+        assert summary["train_queries"] == queries and summary["dev_queries"] == 4, name
+        assert summary["published"] == "trained"  # a variant is kept whatever the dev check says, to be compared
+        assert (variants / name / "train.jsonl").is_symlink() and (variants / name / "models" / "student" / "model.safetensors").is_file()
+        assert f"train:{name}" in out
+    assert json.loads((variants / "type-claim" / "train.json").read_text())["train_types"] == {"claim": 5}
+    cfg = load_config(None, {"workdir": str(work), "evaluate.datasets": ["demo:scifact"]})
+    models, _ = evaluation_targets(cfg, work)
+    assert models == ["bundled:minilm", str(work / "models" / "student"), *(str(variants / name / "models" / "student") for name in sorted(expected))]
+    code, out, err = run_cli("run", "--workdir", str(work), "--from", "train", "--to", "train", "--ablate-types", *flags)
+    assert code == 0 and out.count("skipped") == 4, out
 
 
 # --- user mistakes ------------------------------------------------------------------------------

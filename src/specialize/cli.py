@@ -222,9 +222,12 @@ def run(
     stop: Annotated[Optional[str], typer.Option("--to", help="Last stage to run.")] = None,
     sets: SetOption = None,
     force: ForceOption = False,
+    ablate_types: Annotated[bool, typer.Option(
+        "--ablate-types", help="Also train one model per query type and one on the mixture cut to a type's size, and evaluate them side by side.",
+    )] = False,
 ) -> None:
     """Run every stage in order, skipping those already done; then write the report."""
-    _run_pipeline(_config(config, workdir, sets), start, stop, force)
+    _run_pipeline(_config(config, workdir, sets), start, stop, force, ablate_types)
 
 
 @app.command()
@@ -239,12 +242,12 @@ def demo(
     _run_pipeline(_config(DEMO_CONFIG, workdir, sets), None, None, force)
 
 
-def _run_pipeline(cfg: Config, start: str | None, stop: str | None, force: bool) -> None:
+def _run_pipeline(cfg: Config, start: str | None, stop: str | None, force: bool, ablate_types: bool = False) -> None:
     """Run the stages, print each one's counts, then the evaluation, the model and the report."""
     from specialize.pipeline import Pipeline
 
     work = Path(cfg.workdir)
-    Pipeline(cfg).run(start, stop, force, on_stage=lambda name, manifest: _report_stage(name, manifest, work))
+    Pipeline(cfg).run(start, stop, force, on_stage=_report_stage, ablate_types=ablate_types)
     summary = work / "train.json"
     if summary.is_file():
         import json
@@ -295,7 +298,8 @@ def _print_counts(stage: str, manifest: dict, workdir: Path) -> None:
     console.print(f"[bold]{stage}[/bold]: {state}")
     for key, value in manifest["counts"].items():
         console.print(f"  {key}: {value:,}" if isinstance(value, int) else f"  {key}: {value}")
-    console.print(f"  manifest: {workdir / 'stages' / f'{stage}.json'}")
+    path = workdir / "stages" / f"{manifest['stage']}.json"
+    console.print(f"  manifest: {path}")
 
 
 def main() -> None:

@@ -167,6 +167,8 @@ class TrainConfig(StrictModel):
         description="Mask a query's own passages scoring above this share of its top score out of the InfoNCE negatives (listwise and infonce); None: mask none.",
     )
     passages_per_query: int = Field(20, ge=2, description="The teacher's top passages per query trained on.")
+    types: list[str] | None = Field(None, min_length=1, description="Train only on the queries of these types (the ablation); None: every type.")
+    max_queries: int | None = Field(None, ge=1, description="Train on a seeded sample of this many training queries; None: all of them.")
     learning_rate: float | None = Field(None, gt=0, description="None: chosen by the student's parameter count (see README).")
     weight_decay: float = Field(0.01, ge=0)
     warmup_epochs: float = Field(0.5, ge=0, description="Linear warmup over this many epochs, then linear decay to 0.")

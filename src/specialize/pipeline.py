@@ -96,12 +96,56 @@ def _train(cfg: Config, work: Path) -> StagePlan:
     )
 
 
+VARIANTS = "variants"
+VARIANT_INPUTS = ("corpus.jsonl", "queries.jsonl", "candidates.jsonl", "labels.jsonl", "train.jsonl", "dev.jsonl")
+"""The labeled data a variant trains on, linked from the work directory into ``variants/<name>/``."""
+
+
+def variant_config(cfg: Config, name: str, train: Mapping[str, Any]) -> Config:
+    """The run's config with other train settings, working in ``variants/<name>/`` on links to the same labeled data.
+
+    A variant is trained to be compared, so it is always published (``keep_worse``) and evaluated beside the student.
+    """
+    work = Path(cfg.workdir)
+    folder = work / VARIANTS / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in VARIANT_INPUTS:
+        link = folder / file
+        if (work / file).is_file() and not link.is_symlink():
+            link.symlink_to(Path("..", "..", file))
+    overrides = {f"train.{key}": value for key, value in {**train, "keep_worse": True, "resume": False}.items()}
+    return build_config(cfg.model_dump(mode="json") | {"workdir": str(folder)}, overrides, f"variant {name}")
+
+
+def type_variants(work: Path) -> dict[str, dict[str, Any]]:
+    """The query-type ablation: one variant per type in ``train.jsonl``, and the mixture cut to a single type's mean size."""
+    from collections import Counter
+
+    from specialize.artifacts import iter_jsonl
+
+    path = work / "train.jsonl"
+    if not path.is_file():
+        raise SpecializeError(f"{path}: not found; run `specialize label` first")
+    counts = Counter(str(record.get("type")) for _, record in iter_jsonl(path))
+    variants: dict[str, dict[str, Any]] = {f"type-{kind}": {"types": [kind]} for kind in sorted(counts)}
+    if len(counts) > 1:
+        size = max(1, round(sum(counts.values()) / len(counts)))
+        variants[f"mixture-{size}"] = {"max_queries": size}
+    return variants
+
+
+def variant_models(cfg: Config, work: Path) -> list[str]:
+    """The published models of the variants trained in the work directory, by name."""
+    return [str(path) for path in sorted((work / VARIANTS).glob(f"*/{cfg.train.output}")) if path.is_dir()]
+
+
 def evaluation_targets(cfg: Config, work: Path) -> tuple[list[str], list[str]]:
     """(models, datasets) the evaluate stage compares: as configured, else the student before and after
-    training, on the corpus source's test qrels when it has them."""
+    training and every trained variant, on the corpus source's test qrels when it has them."""
     from specialize.audit import judged_queries
 
-    models = cfg.evaluate.models or [cfg.train.student, *([str(work / cfg.train.output)] if (work / cfg.train.output).is_dir() else [])]
+    trained = [str(work / cfg.train.output)] if (work / cfg.train.output).is_dir() else []
+    models = cfg.evaluate.models or [cfg.train.student, *trained, *variant_models(cfg, work)]
     datasets = cfg.evaluate.datasets
     if not datasets:
         judged = judged_queries(cfg.prepare.corpus, splits=(cfg.evaluate.split,))
@@ -165,15 +209,36 @@ class Pipeline:
         else:
             self.config = load_config(config, overrides)
 
-    def run(self, start: str | None = None, stop: str | None = None, force: bool = False,
-            on_stage: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
-        """Run the stages from ``start`` to ``stop``; return their manifests by name."""
+    def run(
+        self,
+        start: str | None = None,
+        stop: str | None = None,
+        force: bool = False,
+        on_stage: Callable[[str, dict[str, Any], Path], None] | None = None,
+        ablate_types: bool = False,
+        variants: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Run the stages from ``start`` to ``stop``; return their manifests by name.
+
+        Right after ``train``, each of ``variants`` (name → train settings, e.g. ``{"infonce": {"loss": "infonce"}}``)
+        is trained on the same labeled data, and with ``ablate_types`` one model per query type and one on the mixture
+        cut to a type's size; ``evaluate`` then compares them all. ``on_stage(name, manifest, workdir)`` follows each.
+        """
         write_resolved(self.config)
+        work = Path(self.config.workdir)
         manifests = {}
         for name in stage_range(start, stop):
             manifests[name] = run_stage(self.config, name, force)
             if on_stage is not None:
-                on_stage(name, manifests[name])
+                on_stage(name, manifests[name], work)
+            if name != "train":
+                continue
+            extra = {**(type_variants(work) if ablate_types else {}), **(variants or {})}
+            for variant, settings in extra.items():
+                cfg = variant_config(self.config, variant, settings)
+                manifests[f"train:{variant}"] = run_stage(cfg, "train", force)
+                if on_stage is not None:
+                    on_stage(f"train:{variant}", manifests[f"train:{variant}"], Path(cfg.workdir))
         if stop in (None, "evaluate"):
             from specialize.report import report
 

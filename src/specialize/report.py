@@ -99,12 +99,19 @@ def _evaluation_sections(workdir: Path, plots: Path) -> list[Section]:
         models = result.get("models", {})
         if not models:
             continue
+        models = {_model_label(name, workdir): row for name, row in models.items()}
         rows = [[name, *(round(100 * row[m], 2) for m in ("ndcg@10", "recall@100", "mrr@10"))] for name, row in models.items()]
         bars = {name: [100 * row["ndcg@10"], 100 * row["recall@100"]] for name, row in models.items()}
         text = f"{result['dataset']}, {result['split']} split: {result['queries']:,} queries over {result['docs']:,} documents."
         plot = _bar_plot(plots / f"eval-{path.stem}.png", ["nDCG@10", "Recall@100"], bars, "score")
         sections.append(Section(f"Evaluation: {result['dataset']}", text, ["model", "nDCG@10", "Recall@100", "MRR@10"], rows, plot))
     return sections
+
+
+def _model_label(name: str, workdir: Path) -> str:
+    """A model's name, relative to the work directory when it was trained there."""
+    path = Path(name)
+    return str(path.relative_to(workdir)) if path.is_relative_to(workdir) else name
 
 
 def _bar_plot(path: Path, groups: Sequence[str], series: Mapping[str, Sequence[float]], ylabel: str) -> Path:

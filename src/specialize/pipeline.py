@@ -10,6 +10,7 @@ stage run alone and the same stage inside ``run`` are the same work with the sam
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,8 @@ def variant_config(cfg: Config, name: str, train: Mapping[str, Any]) -> Config:
     for file in VARIANT_INPUTS:
         link = folder / file
         if (work / file).is_file() and not link.is_symlink():
-            link.symlink_to(Path("..", "..", file))
+            with contextlib.suppress(FileExistsError):  # another torchrun process made it first
+                link.symlink_to(Path("..", "..", file))
     overrides = {f"train.{key}": value for key, value in {**train, "keep_worse": True, "resume": False}.items()}
     return build_config(cfg.model_dump(mode="json") | {"workdir": str(folder)}, overrides, f"variant {name}")
 

@@ -121,14 +121,9 @@ def variant_config(cfg: Config, name: str, train: Mapping[str, Any]) -> Config:
 
 def type_variants(work: Path) -> dict[str, dict[str, Any]]:
     """The query-type ablation: one variant per type in ``train.jsonl``, and the mixture cut to a single type's mean size."""
-    from collections import Counter
+    from specialize.train.data import read_lists, type_counts
 
-    from specialize.artifacts import iter_jsonl
-
-    path = work / "train.jsonl"
-    if not path.is_file():
-        raise SpecializeError(f"{path}: not found; run `specialize label` first")
-    counts = Counter(str(record.get("type")) for _, record in iter_jsonl(path))
+    counts = type_counts(read_lists(work / "train.jsonl", min_size=1))
     variants: dict[str, dict[str, Any]] = {f"type-{kind}": {"types": [kind]} for kind in sorted(counts)}
     if len(counts) > 1:
         size = max(1, round(sum(counts.values()) / len(counts)))

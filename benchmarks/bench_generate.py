@@ -8,11 +8,14 @@ alternating so that a change in the machine's load hits both sides alike. The ba
 the same ``Llama`` instance (same load parameters, no second copy of the weights), reset before
 each of its chunks; within a chunk it keeps llama-cpp-python's prefix reuse between prompts,
 which our backend gives up so that a seed always gives the same text. Tokens are counted by tokenizing each reply with the model's own
-tokenizer, the same way on both sides. Peak RSS is per model (each runs in its own process).
+tokenizer, the same way on both sides; the stage runs with ``retries: 0`` here, doing what the bare
+loop does. Then the cost of a retry: on ``--retry-prompts`` of the same prompts, one attempt each
+vs three (every reply rejected), a retry being what the third costs over the first, per prompt.
+Peak RSS is per model (each runs in its own process).
 Rows of models not measured in a run are kept from the last results, so models can be measured
 one at a time.
 
-    python benchmarks/bench_generate.py [--models bundled:qwen-0.5b,bundled:qwen-1.5b] [--prompts 24]
+    python benchmarks/bench_generate.py [--models bundled:qwen-0.5b,bundled:qwen-1.5b] [--prompts 24] [--retry-prompts 8] [--threads 2]
 """
 
 from __future__ import annotations
@@ -51,14 +54,28 @@ def bare_messages(passages: list[dict], config, llm) -> tuple[list[list[dict]], 
     return messages, [passage_seed(config.seed, p["_id"]) for p in passages]
 
 
-def measure(model: str, passages: list[dict], chunk: int, threads: int) -> dict:
-    """Seconds and tokens of ours and bare over the same prompts, chunk by chunk, alternating."""
+def retry_cost(llm, messages: list[list[dict]], seeds: list[int], config) -> dict:
+    """Seconds per prompt of a first attempt and of a retry (the mean of two, every reply rejected)."""
+    from specialize.llm import sample_until
+
+    options = {"temperature": config.temperature, "max_new_tokens": config.max_new_tokens, "seeds": seeds}
+    began = time.perf_counter()
+    sample_until(llm, messages, accept=lambda index, reply: True, attempts=1, **options)
+    first = (time.perf_counter() - began) / len(messages)
+    began = time.perf_counter()
+    sample_until(llm, messages, accept=lambda index, reply: False, attempts=3, **options)
+    retry = ((time.perf_counter() - began) / len(messages) - first) / 2
+    return {"first_attempt_s": round(first, 2), "retry_s": round(retry, 2), "retry_over_first": round(retry / first, 3)}
+
+
+def measure(model: str, passages: list[dict], chunk: int, threads: int, retry_prompts: int) -> dict:
+    """Seconds and tokens of ours and bare over the same prompts, chunk by chunk, alternating; then a retry's cost."""
     from specialize.artifacts import read_jsonl
     from specialize.config import GenerateConfig, LLMConfig
     from specialize.generate.stage import generate
     from specialize.llm import load_llm
 
-    config = GenerateConfig(model=model, llm=LLMConfig(threads=threads), block=chunk)
+    config = GenerateConfig(model=model, llm=LLMConfig(threads=threads), block=chunk, retries=0)
     llm = load_llm(model, config.llm, config.seed)
     llm.llm._ctx.set_n_threads(threads, threads)  # llm.threads sets decode threads only, not the prompt's
     tokens = lambda text: len(llm.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))  # noqa: E731
@@ -84,11 +101,12 @@ def measure(model: str, passages: list[dict], chunk: int, threads: int) -> dict:
             totals["bare_tokens"] += sum(tokens(r["choices"][0]["message"]["content"] or "") for r in replies)
             totals["prompt_tokens"] += sum(len(llm.render(m)) for m in messages)
     n = len(passages)
+    messages, seeds = bare_messages(passages[:retry_prompts], config, llm)
     return {
         "model": model, "prompts": n, "prompt_tokens_mean": round(totals["prompt_tokens"] / n),
         "ours_q_per_s": n / totals["ours_s"], "bare_q_per_s": n / totals["bare_s"],
         "ours_tok_per_s": totals["ours_tokens"] / totals["ours_s"], "bare_tok_per_s": totals["bare_tokens"] / totals["bare_s"],
-        "ratio": totals["bare_s"] / totals["ours_s"], "peak_rss_mb": round(peak_rss_mb(), 1),
+        "ratio": totals["bare_s"] / totals["ours_s"], **retry_cost(llm, messages, seeds, config), "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 
@@ -100,8 +118,8 @@ def with_earlier_rows(rows: list[dict]) -> list[dict]:
     return [row for row in earlier if row["model"] not in measured] + rows
 
 
-def _child(model: str, passages: list[dict], chunk: int, threads: int, out: multiprocessing.Queue) -> None:
-    out.put(measure(model, passages, chunk, threads))
+def _child(model: str, passages: list[dict], chunk: int, threads: int, retry_prompts: int, out: multiprocessing.Queue) -> None:
+    out.put(measure(model, passages, chunk, threads, retry_prompts))
 
 
 def main() -> None:
@@ -109,6 +127,7 @@ def main() -> None:
     parser.add_argument("--models", default="bundled:qwen-0.5b,bundled:qwen-1.5b")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--chunk", type=int, default=4, help="prompts per alternation (and the stage's block)")
+    parser.add_argument("--retry-prompts", type=int, default=8, help="prompts the retry cost is measured on")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads, decode and prompt (1 is fastest on a busy 2-core machine)")
     args = parser.parse_args()
 
@@ -117,7 +136,7 @@ def main() -> None:
     rows: list[dict] = []
     for model in args.models.split(","):
         queue = context.Queue()
-        child = context.Process(target=_child, args=(model, passages, args.chunk, args.threads, queue))
+        child = context.Process(target=_child, args=(model, passages, args.chunk, args.threads, args.retry_prompts, queue))
         child.start()
         rows.append(queue.get())
         child.join()

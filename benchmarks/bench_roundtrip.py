@@ -5,13 +5,14 @@ are used; for each query type in turn the generate stage writes one query of tha
 every one of those passages (the same passages for every type: ``generate.types = [type]``). A query makes the round trip when
 its source abstract is in the top 20 of BM25 and/or of MiniLM over the full SciFact corpus
 (``specialize.mine``'s retrievers, 5,183 abstracts). Rates are over the kept queries; yield is
-kept and found by either retriever, over the passages.
+kept and found by either retriever, over the passages. The "first" columns count only the
+queries kept at their first attempt: the figures the same run would give with ``--retries 0``.
 
-Each (generator, type, prompt of that type) has its own work directory in the cache, so a rerun
+Each (generator, type, prompt of that type, retries) has its own work directory in the cache, so a rerun
 after a prompt change regenerates only the types whose prompt changed, and a killed run resumes.
 ``--prompts`` tries prompt files on top of the bundled bank (as ``generate.prompts`` does).
 
-    python benchmarks/bench_roundtrip.py [--generator bundled:qwen-0.5b] [--passages 200] [--label baseline]
+    python benchmarks/bench_roundtrip.py [--generator bundled:qwen-0.5b] [--passages 200] [--retries 2] [--label baseline] [--attempt 2]
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ DEPTH = 20
 SAMPLE = 200
 
 
-def workdir_for(root: Path, generator: str, kind: str, prompt: object, passages: int) -> Path:
-    """The cached work directory of one generator, type and prompt of that type."""
-    digest = hashlib.sha256(repr(prompt).encode()).hexdigest()[:10]
+def workdir_for(root: Path, generator: str, kind: str, prompt: object, passages: int, retries: int) -> Path:
+    """The cached work directory of one generator, type, prompt of that type and number of retries."""
+    digest = hashlib.sha256(repr((prompt, retries)).encode()).hexdigest()[:10]
     return root / generator.replace(":", "_").replace("/", "_") / f"{kind}-{digest}-{passages}"
 
 
@@ -55,7 +56,9 @@ def main() -> None:
     parser.add_argument("--types", default=None, help="comma-separated; default: every bundled type")
     parser.add_argument("--prompts", action="append", default=[], help="prompt files or folders on top of the bank (generate.prompts)")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads, decode and prompt (1 is fastest on a busy 2-core machine)")
+    parser.add_argument("--retries", type=int, default=None, help="generate.retries (default: its default); first-attempt figures are shown beside")
     parser.add_argument("--label", default="", help="what this attempt changed, saved with the figures")
+    parser.add_argument("--attempt", default="", help="results go to roundtrip_<generator>_<attempt>.json (default: roundtrip_<generator>.json)")
     args = parser.parse_args()
 
     from specialize.artifacts import iter_jsonl
@@ -79,10 +82,12 @@ def main() -> None:
     bank = load_prompt_types(args.prompts)
     kinds = args.types.split(",") if args.types else list(QUERY_TYPES)
     config = GenerateConfig(model=args.generator, llm=LLMConfig(threads=args.threads), prompts=args.prompts)
+    if args.retries is not None:
+        config = config.model_copy(update={"retries": args.retries})
     llm = None
     rows = []
     for kind in kinds:
-        work = workdir_for(root, args.generator, kind, bank[kind], args.passages)
+        work = workdir_for(root, args.generator, kind, bank[kind], args.passages, config.retries)
         work.mkdir(parents=True, exist_ok=True)
         (work / "passages.jsonl").write_text("".join(passages))
         started = time.perf_counter()
@@ -92,21 +97,24 @@ def main() -> None:
         counts = generate(work, config.model_copy(update={"types": [kind]}), llm=llm)
         seconds = time.perf_counter() - started
         queries = [record for _, record in iter_jsonl(work / "queries.jsonl")]
-        rates = roundtrip(retrievers, position, queries)
+        retried = {row["qid"] for _, row in iter_jsonl(work / "generations.jsonl") if row["rejected"]}
+        first = [query for query in queries if query["qid"] not in retried]  # those kept without a retry
+        rates, first_rates = roundtrip(retrievers, position, queries), roundtrip(retrievers, position, first)
         dropped = {reason: counts[f"dropped_{reason}"] for reason in ("copies_passage", "copies_example", "duplicate", "empty", "too_short", "too_long")}
         rows.append({
-            "type": kind, "passages": counts["passages"], "kept": counts["kept"],
+            "type": kind, "passages": counts["passages"], "kept": counts["kept"], "retried": counts["retried"], "recovered": counts["recovered"],
             "bm25@20 %": rates["bm25"], "minilm@20 %": rates["minilm"], "either %": rates["either"], "both %": rates["both"],
             "yield %": round(rates["either"] * counts["kept"] / counts["passages"], 1),
+            "first: either %": first_rates["either"], "first: yield %": round(first_rates["either"] * len(first) / counts["passages"], 1),
             "dropped": ", ".join(f"{reason} {n}" for reason, n in dropped.items() if n) or "-",
             "q/s": counts["queries_per_second"], "gen_s": round(seconds, 1) if counts["generated_now"] else 0.0,
         })
     print_table(f"round trip @{DEPTH}, {args.generator}, {args.passages} SciFact passages per type", rows)
-    mean = {column: round(sum(row[column] for row in rows) / len(rows), 1) for column in ("bm25@20 %", "minilm@20 %", "either %", "both %", "yield %")}
+    mean = {column: round(sum(row[column] for row in rows) / len(rows), 1) for column in ("bm25@20 %", "minilm@20 %", "either %", "both %", "yield %", "first: either %", "first: yield %")}
     print("mean over types:", mean)
-    name = f"roundtrip_{args.generator.split(':')[-1]}"
+    name = "_".join(filter(None, ["roundtrip", args.generator.split(":")[-1], args.attempt]))
     path = save(name, {"generator": args.generator, "passages": args.passages, "depth": DEPTH, "label": args.label, "prompts": args.prompts,
-                       "threads": args.threads, "rows": rows, "mean": mean, "peak_rss_mb": round(peak_rss_mb(), 1)})
+                       "threads": args.threads, "retries": config.retries, "rows": rows, "mean": mean, "peak_rss_mb": round(peak_rss_mb(), 1)})
     print(f"wrote {path}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from specialize.generate.cleaning import DROP_REASONS, QueryDeduper, clean_query, copies_passage, normalize_query
+from specialize.generate.cleaning import DROP_REASONS, QueryDeduper, clean_query, copies_passage, normalize_query, shares_words
 
 PASSAGE = (
     "The James Webb Space Telescope observes mainly in the infrared, which lets it see through dust clouds "
@@ -123,6 +123,23 @@ def test_copying_a_run_of_the_passage():
 def test_echoing_a_short_passage_is_copying():
     assert clean_query("Aspirin reduces fever?", "Aspirin reduces fever.") == (None, "copies_passage")
     assert clean_query("Does aspirin reduce fever?", "Aspirin reduces fever.") == ("Does aspirin reduce fever?", None)
+
+
+def test_a_whole_sentence_of_the_passage_is_copying_however_short():
+    passage = "Octopus arms. Two thirds of the neurons of an octopus are in its arms! Are they smart? Yes."
+    for sentence in ("Octopus arms", "two thirds of the neurons of an octopus are in its arms", "Are they smart?"):
+        assert clean_query(sentence, passage) == (None, "copies_passage"), sentence
+    assert clean_query("Octopus arms are smart", passage) == ("Octopus arms are smart", None)
+    assert clean_query("Are octopus arms smart?", passage) == ("Are octopus arms smart?", None)
+
+
+def test_shares_words_counts_consecutive_words_only():
+    prompt = "Reply with the claim only, on a single line: no preamble, no quotation marks, no explanation."
+    assert shares_words("No preamble. No quotation marks. No explanation.", prompt, 6)
+    assert shares_words("No preamble. No quotation marks. No explanation.", prompt, 7)
+    assert not shares_words("No preamble. No quotation marks. No explanation.", prompt, 8)
+    assert not shares_words("a line with no claim", prompt, 3) and shares_words("a single line", prompt, 3)
+    assert shares_words("claim only on a single", prompt, 5) and not shares_words("a single claim only", prompt, 3)
 
 
 def test_deduper_reports_a_query_already_seen():

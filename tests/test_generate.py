@@ -16,7 +16,7 @@ from specialize.errors import SpecializeError
 from specialize.generate.cleaning import MAX_CHARS, copies_passage
 from specialize.generate.prompts import WORDS_PER_TOKEN, assign_types, load_prompt_types
 from specialize.generate.stage import REASONS, generate, passage_seed, passage_text, query_id
-from specialize.llm import load_llm
+from specialize.llm import load_llm, retry_seed
 
 BUNDLED = load_prompt_types()
 # Tiny prompts and replies: gemma-270m on 2 busy cores takes seconds per prompt.
@@ -95,11 +95,11 @@ class Killable:
     def __getattr__(self, name):  # the name, and the tokenizer the stage cuts passages with
         return getattr(self.inner, name)
 
-    def generate(self, prompts, **options):
+    def sample_until(self, prompts, **options):
         if self.limit is not None and len(self.asked) + len(prompts) > self.limit:
             raise KeyboardInterrupt
         self.asked += [messages[-1]["content"] for messages in prompts]
-        return self.inner.generate(prompts, **options)
+        return self.inner.sample_until(prompts, **options)
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(gemma_run, one_per_type, gemma, tmp_path):
@@ -156,28 +156,30 @@ SCRIPT = {
     "echo": f"echo. {OCTOPUS}",
     "duplicate": "how much of an octopus brain is in its arms",
     "example": BUNDLED["question"].examples[0].query,
+    "instructions": "No preamble, no quotation marks, no explanation.",
 }
 KEPT = {"quoted": "How much of an octopus brain is in its arms?", "prefixed": "octopus neurons arms", "listed": "where are octopus neurons"}
-DROPPED = {"empty": "empty", "short": "too_short", "long": "too_long", "echo": "copies_passage", "duplicate": "duplicate", "example": "copies_example"}
+DROPPED = {"empty": "empty", "short": "too_short", "long": "too_long", "echo": "copies_passage", "duplicate": "duplicate", "example": "copies_example",
+           "instructions": "copies_prompt"}
 
 
 def test_cleaning_keeps_the_query_and_counts_every_drop_by_reason_and_type(tmp_path):
     docs = [{"_id": f"d-{title}", "title": title, "text": OCTOPUS} for title in SCRIPT]
     work = _write_passages(tmp_path, docs)
-    config = GenerateConfig(types=["question", "claim"], type_weights={"claim": 3}, block=4)
+    config = GenerateConfig(types=["question", "msmarco"], type_weights={"msmarco": 3}, block=4, retries=0)
     llm = Scripted(SCRIPT)
     counts = generate(work, config, llm=llm)
-    kinds = dict(zip((doc["_id"] for doc in docs), assign_types([doc["_id"] for doc in docs], ["question", "claim"], [0.25, 0.75], 42)))
+    kinds = dict(zip((doc["_id"] for doc in docs), assign_types([doc["_id"] for doc in docs], ["question", "msmarco"], [0.25, 0.75], 42)))
     queries = _lines(work / "queries.jsonl")
     assert {q["source_id"]: q["text"] for q in queries} == {f"d-{title}": text for title, text in KEPT.items()}
     assert all(q["type"] == kinds[q["source_id"]] and q["generator"] == "scripted" for q in queries)
     assert counts["kept"] == 3 and counts["generated"] == len(SCRIPT)
     for reason in REASONS:
         assert counts[f"dropped_{reason}"] == list(DROPPED.values()).count(reason)
-        for kind in ("question", "claim"):
+        for kind in ("question", "msmarco"):
             expected = sum(DROPPED.get(title) == reason and kinds[f"d-{title}"] == kind for title in SCRIPT)
             assert counts[f"dropped_{reason}_{kind}"] == expected, (reason, kind)
-    assert [call[0] for call in llm.calls] == [4, 4, 1]
+    assert [call[0] for call in llm.calls] == [4, 4, 2]
     assert all(call[1:3] == (0.8, 50) for call in llm.calls)
     assert [seed for call in llm.calls for seed in call[3]] == [passage_seed(42, doc["_id"]) for doc in docs]
 
@@ -185,6 +187,71 @@ def test_cleaning_keeps_the_query_and_counts_every_drop_by_reason_and_type(tmp_p
     stricter = generate(work, config.model_copy(update={"min_chars": 30}), llm=Scripted({}))
     assert stricter["generations_reused"] == 1 and stricter["generated_now"] == 0
     assert stricter["kept"] == 1 and stricter["dropped_too_short"] == 3
+    laxer = generate(work, config.model_copy(update={"max_copied_prompt_words": 8}), llm=Scripted({}))
+    assert laxer["generations_reused"] == 1 and laxer["kept"] == 4 and laxer["dropped_copies_prompt"] == 0
+
+
+class Flaky:
+    """An LLM that copies the passage on the first attempt of the passages named in ``bad`` (all of
+    their attempts when ``stubborn``), and otherwise writes a query naming the passage's title."""
+
+    name = "flaky"
+
+    def __init__(self, bad, stubborn=()):
+        self.bad, self.stubborn, self.seeds = set(bad), set(stubborn), []
+
+    def count_tokens(self, text):
+        return None
+
+    def generate(self, prompts, *, temperature, max_new_tokens, seeds):
+        self.seeds.append(list(seeds))
+        replies = []
+        for messages, seed in zip(prompts, seeds):
+            passage = messages[-1]["content"].rsplit("Passage: ", 1)[1].removesuffix("\nQuery:")
+            title = passage.split(".")[0]
+            first = seed == passage_seed(42, f"d-{title}")
+            copies = title in self.stubborn or (first and title in self.bad)
+            replies.append(passage if copies else f"what does the {title} passage say, attempt seed {seed}")
+        return replies
+
+
+def test_retries_resample_rejected_replies_and_count_what_they_recover(tmp_path):
+    titles = ["alpha", "beta", "gamma", "delta"]
+    docs = [{"_id": f"d-{title}", "title": title, "text": OCTOPUS} for title in titles]
+    work = _write_passages(tmp_path / "retry", docs)
+    llm = Flaky(bad={"beta", "delta"}, stubborn={"delta"})
+    counts = generate(work, GenerateConfig(types=["question"], block=4, retries=2), llm=llm)
+    first = [passage_seed(42, doc["_id"]) for doc in docs]
+    assert llm.seeds == [first, [retry_seed(first[1], 1), retry_seed(first[3], 1)], [retry_seed(first[3], 2)]]
+    rows = {row["source_id"]: row for row in _lines(work / "generations.jsonl")}
+    assert [len(rows[doc["_id"]]["rejected"]) for doc in docs] == [0, 1, 0, 2]
+    assert rows["d-beta"]["raw"].endswith(str(retry_seed(first[1], 1))) and rows["d-beta"]["rejected"][0].startswith("beta. ")
+    assert {q["source_id"] for q in _lines(work / "queries.jsonl")} == {"d-alpha", "d-beta", "d-gamma"}
+    assert (counts["retried"], counts["recovered"], counts["kept"], counts["dropped_copies_passage"]) == (2, 1, 3, 1)
+    assert (counts["retried_question"], counts["recovered_question"]) == (2, 1)
+
+    # Without retries the same first replies are dropped; the retries setting is part of the key.
+    plain = generate(work, GenerateConfig(types=["question"], block=4, retries=0), llm=Flaky(bad={"beta", "delta"}))
+    assert plain["generated_now"] == 4 and (plain["kept"], plain["retried"], plain["dropped_copies_passage"]) == (2, 0, 2)
+    # With retries on, a cleaning threshold decides what is retried: changing it asks the model again.
+    again = generate(work, GenerateConfig(types=["question"], block=4, retries=1, max_copied_words=12), llm=Flaky(bad={"beta"}))
+    assert again["generated_now"] == 4 and again["recovered"] == 1
+
+
+def test_the_title_type_sees_the_passage_without_its_title(tmp_path):
+    assert {kind for kind in QUERY_TYPES if not BUNDLED[kind].passage_title} == {"title", "claim"}
+    docs = [{"_id": "d-1", "title": "Octopus neurons", "text": OCTOPUS}]
+    asked = {}
+
+    class Recorder(Scripted):
+        def generate(self, prompts, *, temperature, max_new_tokens, seeds):
+            asked[len(asked)] = prompts[0][-1]["content"]
+            return ["Where an octopus keeps its neurons"]
+
+    for kind in ("title", "question"):
+        generate(_write_passages(tmp_path / kind, docs), GenerateConfig(types=[kind], retries=0), llm=Recorder({}))
+    shown = [text.rsplit("Passage: ", 1)[1] for text in asked.values()]
+    assert shown == [f"{OCTOPUS}\nQuery:", f"Octopus neurons. {OCTOPUS}\nQuery:"]
 
 
 def test_seeds_and_qids_depend_only_on_the_passage():
@@ -239,7 +306,7 @@ def test_openai_backend_end_to_end(echo_server, one_per_type, tmp_path):
     queries = _lines(work / "queries.jsonl")
     assert counts["kept"] == len(queries) == 6 and counts["generated_now"] == 6
     for doc, query in zip(one_per_type, queries):
-        assert query["text"] == "what about " + " ".join(passage_text(doc).split()[:3])
+        assert query["text"] == "what about " + " ".join(passage_text(doc, BUNDLED[query["type"]].passage_title).split()[:3])
         assert query["generator"] == "served-model"
     requests = sorted(echo_server.requests, key=lambda body: body["seed"])
     assert [body["seed"] for body in requests] == sorted(passage_seed(42, doc["_id"]) for doc in one_per_type)

@@ -16,7 +16,7 @@ from conftest import TINY_CHAT_TEMPLATE
 
 from specialize.config import LLMConfig
 from specialize.errors import SpecializeError
-from specialize.llm import answer_token_ids, choose_backend, load_llm, log_odds, sparse_log_odds
+from specialize.llm import answer_token_ids, choose_backend, load_llm, log_odds, retry_seed, sample_until, sparse_log_odds
 from specialize.teachers import judge_messages
 
 QUERY = "what is the powerhouse of the cell"
@@ -63,6 +63,47 @@ def test_llama_cpp_generates_seeded_completions(gemma_llama_cpp):
     assert all(isinstance(text, str) and text.strip() for text in out)
     assert out[0] == out[2]  # same prompt and seed, same text
     assert all(len(llm.llm.tokenize(text.encode(), add_bos=False)) <= 9 for text in out)
+
+
+def test_llama_cpp_retries_follow_their_prompt_and_repeat_exactly(gemma_llama_cpp):
+    llm = gemma_llama_cpp
+    other = [{"role": "user", "content": "Write a search query for: " + BAD}]
+    seen = []
+
+    def never(index, reply):
+        seen.append((index, reply))
+        return False
+
+    tried = sample_until(llm, [ASK, other], temperature=0.8, max_new_tokens=8, seeds=[1, 2], accept=never, attempts=3)
+    assert [len(replies) for replies in tried] == [3, 3] and all(reply.strip() for replies in tried for reply in replies)
+    assert seen == [(0, reply) for reply in tried[0]] + [(1, reply) for reply in tried[1]]  # prompt by prompt, retries at once
+    assert tried[0][0] == llm.generate([ASK], temperature=0.8, max_new_tokens=8, seeds=[1])[0]  # attempt 0 is a plain generate
+    assert len(set(tried[0])) > 1  # retries draw with new seeds
+    # The same seeds give the same attempts, whatever ran before (the first attempt always starts from a reset).
+    assert sample_until(llm, [other, ASK], temperature=0.8, max_new_tokens=8, seeds=[2, 1], accept=never, attempts=3) == tried[::-1]
+    # Accepting the second attempt stops there.
+    second = sample_until(llm, [ASK], temperature=0.8, max_new_tokens=8, seeds=[1], accept=lambda i, reply: reply == tried[0][1], attempts=3)
+    assert second == [tried[0][:2]]
+
+
+def test_sample_until_resends_only_the_rejected_prompts_with_retry_seeds():
+    class Batch:
+        name = "batch"
+
+        def __init__(self):
+            self.calls = []
+
+        def generate(self, prompts, *, temperature, max_new_tokens, seeds):
+            self.calls.append(list(seeds))
+            return [f"{messages[0]['content']}:{seed}" for messages, seed in zip(prompts, seeds)]
+
+    llm = Batch()
+    prompts = [[{"role": "user", "content": name}] for name in "abc"]
+    good = {f"a:{retry_seed(10, 0)}", f"b:{retry_seed(20, 1)}"}
+    tried = sample_until(llm, prompts, temperature=0.8, max_new_tokens=5, seeds=[10, 20, 30], accept=lambda i, reply: reply in good, attempts=3)
+    assert llm.calls == [[10, 20, 30], [retry_seed(20, 1), retry_seed(30, 1)], [retry_seed(30, 2)]]
+    assert tried == [["a:10"], ["b:20", f"b:{retry_seed(20, 1)}"], ["c:30", f"c:{retry_seed(30, 1)}", f"c:{retry_seed(30, 2)}"]]
+    assert retry_seed(20, 0) == 20 and len({retry_seed(20, k) for k in range(5)}) == 5 and all(0 <= retry_seed(7, k) < 2**31 for k in range(5))
 
 
 def test_llama_cpp_judge_reuses_the_query_prefix(gemma_llama_cpp):

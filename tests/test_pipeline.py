@@ -29,17 +29,17 @@ def _overrides(work, corpus):
 
 
 class KilledAfter:
-    """The real LLM, killed (as by Ctrl-C) once it has been asked for ``limit`` completions."""
+    """The real LLM, killed (as by Ctrl-C) once it has been asked for ``limit`` prompts."""
 
     def __init__(self, llm, limit):
         self.llm, self.limit, self.name = llm, limit, llm.name
         self.count_tokens = llm.count_tokens
 
-    def generate(self, prompts, **kwargs):
+    def sample_until(self, prompts, **kwargs):
         if self.limit < len(prompts):
             raise KeyboardInterrupt
         self.limit -= len(prompts)
-        return self.llm.generate(prompts, **kwargs)
+        return self.llm.sample_until(prompts, **kwargs)
 
 
 def test_stage_range_and_errors():

@@ -41,6 +41,7 @@ examples:
 
 def _write(folder, name, text):
     path = folder / name
+    folder.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -114,6 +115,13 @@ examples:
     assert (question.system, question.user) == (BUNDLED["question"].system, BUNDLED["question"].user)
 
 
+def test_extending_keeps_or_replaces_passage_title(tmp_path):
+    kept = load_prompt_types([_write(tmp_path / "a", "title.yaml", "extend: true\ndescription: Titles.\n")])["title"]
+    assert kept.passage_title is False and kept.examples == BUNDLED["title"].examples
+    shown = load_prompt_types([_write(tmp_path / "b", "title.yaml", "extend: true\npassage_title: true\n")])["title"]
+    assert shown.passage_title is True and shown.user == BUNDLED["title"].user
+
+
 def test_user_file_overrides_a_bundled_type_and_adds_a_new_one(tmp_path):
     folder = tmp_path / "prompts"
     folder.mkdir()
@@ -161,6 +169,7 @@ BAD_FILES = [
     ("description: x\nsystem: s\nuser: '{passage}'\nexamples:\n  - {passage: p, query: q}\n", 3, "no {examples} placeholder"),
     ("description: x\nsystem: s\nuser: '{examples}{passage}'\n", 3, "the type has no examples"),
     ("extend: yes please\n", 1, "extend: expected true or false"),
+    ("description: x\nsystem: s\nuser: '{passage}'\npassage_title: maybe\n", 4, "passage_title: expected true or false"),
 ]
 
 

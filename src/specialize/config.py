@@ -85,6 +85,13 @@ class GenerateConfig(StrictModel):
     min_chars: int = Field(5, ge=1, description="Shorter queries are dropped.")
     max_chars: int = Field(300, ge=1, description="Longer queries are dropped.")
     max_copied_words: int = Field(10, ge=2, description="Drop a query that copies this many consecutive words of its passage.")
+    max_copied_prompt_words: int = Field(
+        6, ge=2, description="Drop a query that copies this many consecutive words of its prompt: the instructions or the examples shown.",
+    )
+    retries: int = Field(
+        2, ge=0, description="Sample a prompt again, with a new seed, while its reply would be dropped for itself "
+        "(empty, too short or long, copying the passage, the prompt or an example); on llama.cpp a retry costs only its new tokens.",
+    )
     block: int = Field(8, ge=1, description="Prompts per backend call; a kill loses at most one block.")
     seed: int = 42
 

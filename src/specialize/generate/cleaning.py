@@ -22,6 +22,7 @@ _LABELS = ("web search query", "search query", "web search", "search", "query", 
 _LABEL = re.compile(rf"^(?:\*\*|__)?\s*(?:{'|'.join(_LABELS)})(?:\s*\d+)?\s*(?:\*\*|__)?\s*:\s*(?:\*\*|__)?\s*", re.IGNORECASE)
 _WRAPPERS = (("**", "**"), ("__", "__"), ('"', '"'), ("'", "'"), ("“", "”"), ("‘", "’"), ("«", "»"), ("`", "`"), ("*", "*"))
 _WORD = re.compile(r"\w+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _TRAILING_PUNCTUATION = ".?!;:,…"
 
 
@@ -38,7 +39,7 @@ def clean_query(
     The query is the first line that is not blank, a code fence or a preamble ending with a colon
     ("Here is a question:"), without list markers, labels ("Query:", "Claim:"...), wrapping
     quotes, backticks or bold, and with its whitespace collapsed. It is dropped when shorter than
-    ``min_chars``, longer than ``max_chars``, or when it repeats the passage or a run of
+    ``min_chars``, longer than ``max_chars``, or when it repeats the passage, one of its sentences or a run of
     ``max_copied_words`` of its words (case and punctuation aside).
     """
     query = _first_query_line(_THINK.sub("", raw))
@@ -54,12 +55,20 @@ def clean_query(
 
 
 def copies_passage(query: str, passage: str, max_copied_words: int = MAX_COPIED_WORDS) -> bool:
-    """Whether the query is the passage's words, or shares a run of ``max_copied_words`` words with it."""
-    query_words, passage_words = _words(query), _words(passage)
-    if query_words == passage_words:
+    """Whether the query is the passage's words or one of its sentences (a title is one), or shares a
+    run of ``max_copied_words`` words with it."""
+    query_words = _words(query)
+    if any(query_words == _words(sentence) for sentence in (passage, *_SENTENCE_END.split(passage))):
         return True
-    runs = {tuple(passage_words[i : i + max_copied_words]) for i in range(len(passage_words) - max_copied_words + 1)}
-    return any(tuple(query_words[i : i + max_copied_words]) in runs for i in range(len(query_words) - max_copied_words + 1))
+    return shares_words(query, passage, max_copied_words)
+
+
+def shares_words(query: str, text: str, run: int) -> bool:
+    """Whether the query and the text share ``run`` consecutive words (case and punctuation aside)."""
+    text_words = _words(text)
+    runs = {tuple(text_words[i : i + run]) for i in range(len(text_words) - run + 1)}
+    query_words = _words(query)
+    return any(tuple(query_words[i : i + run]) in runs for i in range(len(query_words) - run + 1))
 
 
 def normalize_query(query: str) -> str:

@@ -6,6 +6,7 @@ A prompt file ``<name>.yaml`` defines the query type ``<name>`` (the file name i
     system: the system prompt
     user: |-
       the user prompt template: {passage} is the passage, {examples} the few-shot block
+    passage_title: true  # optional: false shows the passage without its title (the "title" type)
     examples:            # required exactly when the template has {examples}
       - domain: medicine # optional; the bundled bank uses it to check its variety
         passage: ...
@@ -18,7 +19,8 @@ by a blank line (nothing when no example is drawn), so a template reads
 User files are read after the bundled ones, in the order given; a folder stands for its
 ``*.yaml`` / ``*.yml`` files in name order. A file named after a type already loaded replaces it
 entirely, unless it sets ``extend: true``: then its examples are added to that type's, and any of
-description / system / user it gives replace that type's. Any other file name defines a new type.
+description / system / user / passage_title it gives replace that type's. Any other file name
+defines a new type.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from specialize.errors import SpecializeError, located
 
 BUNDLED_DIR = Path(__file__).with_name("prompts")
 TEXT_FIELDS = ("description", "system", "user")
-FILE_FIELDS = (*TEXT_FIELDS, "examples", "extend")
+FILE_FIELDS = (*TEXT_FIELDS, "passage_title", "examples", "extend")
 EXAMPLE_FIELDS = ("passage", "query", "domain")
 PLACEHOLDERS = ("passage", "examples")
 WORDS_PER_TOKEN = 0.75  # rule of thumb for English with a subword tokenizer (the fallback counter)
@@ -69,6 +71,7 @@ class PromptType:
     system: str
     user: str
     examples: tuple[Example, ...] = ()
+    passage_title: bool = True  # whether {passage} starts with the passage's title
 
 
 def load_prompt_types(extra: Sequence[str | Path] = ()) -> dict[str, PromptType]:
@@ -204,9 +207,7 @@ def _parse_file(path: Path, loaded: Mapping[str, PromptType]) -> PromptType:
     """One prompt file, on top of the types ``loaded`` so far."""
     data, where = _read_yaml(path)
     _check_keys(data, FILE_FIELDS, where, ())
-    extend = data.get("extend", False)
-    if not isinstance(extend, bool):
-        raise where.error(("extend",), f"expected true or false, got {reprlib.repr(extend)}")
+    extend = _flag(data, "extend", False, where)
     if extend and path.stem not in loaded:
         raise where.error(("extend",), f"there is no type {path.stem!r} to extend{_did_you_mean(path.stem, list(loaded))}")
     base = loaded[path.stem] if extend else None
@@ -217,9 +218,17 @@ def _parse_file(path: Path, loaded: Mapping[str, PromptType]) -> PromptType:
     if "\n" in texts["description"]:
         raise where.error(("description",), "expected one line")
     examples = (base.examples if base is not None else ()) + _examples(data.get("examples"), where)
-    prompt = PromptType(path.stem, **texts, examples=examples)
+    passage_title = _flag(data, "passage_title", base.passage_title if base is not None else True, where)
+    prompt = PromptType(path.stem, **texts, examples=examples, passage_title=passage_title)
     _check_template(prompt, where)
     return prompt
+
+
+def _flag(data: Mapping[str, Any], key: str, default: bool, where: _Where) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise where.error((key,), f"expected true or false, got {reprlib.repr(value)}")
+    return value
 
 
 def _examples(value: Any, where: _Where) -> tuple[Example, ...]:

@@ -3,17 +3,18 @@
 Two steps, like label's scoring and filtering:
 
 1. The LLM writes a raw reply for each passage of ``passages.jsonl`` (streamed), ``block``
-   prompts per backend call. Each reply is appended and flushed to a partial
-   ``generations.jsonl`` (``{"qid", "source_id", "type", "raw"}``) keyed by everything the
-   replies depend on, so a killed run resumes after its last finished block and never asks
-   again for a passage already answered, whether its query was kept or not. The finished file
-   is renamed into place.
+   prompts per backend call; a reply that cleaning would drop for itself (not a duplicate) is
+   sampled again, up to ``retries`` times. Each passage's reply is appended and flushed to a
+   partial ``generations.jsonl`` (``{"qid", "source_id", "type", "raw", "rejected"}``: the reply
+   to use and the earlier attempts) keyed by everything the replies depend on, so a killed run
+   resumes after its last finished block and never asks again for a passage already answered,
+   whether its query was kept or not. The finished file is renamed into place.
 2. Cleaning: the replies are cleaned, checked and deduplicated in passage order and the kept
-   queries written to ``queries.jsonl`` atomically. When only the cleaning thresholds change,
-   step 1 is reused and no model is loaded.
+   queries written to ``queries.jsonl`` atomically. With ``retries: 0``, when only the cleaning
+   thresholds change, step 1 is reused and no model is loaded.
 
 Everything random is fixed by (seed, passage id): the type, the few-shot examples and the
-sampling seed, so a resumed or grown run writes what an uninterrupted one would.
+sampling seeds, so a resumed or grown run writes what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ from typing import Any
 from specialize.artifacts import finish_partial, finished_with_key, fingerprint, iter_jsonl, resume_partial, write_jsonl
 from specialize.config import GenerateConfig
 from specialize.errors import SpecializeError, located
-from specialize.generate.cleaning import DROP_REASONS, QueryDeduper, clean_query, normalize_query
+from specialize.generate.cleaning import DROP_REASONS, QueryDeduper, clean_query, normalize_query, shares_words
 from specialize.generate.prompts import PromptType, assign_types, build_messages, load_prompt_types, truncate_passage, type_mixture
-from specialize.llm import LLM, Messages, load_llm
+from specialize.llm import LLM, Messages, load_llm, sample_until
 from specialize.progress import progress_bar
 
-REASONS = (*DROP_REASONS, "copies_example")  # cleaning's reasons, and a reply that repeats a few-shot example
-GENERATION_FIELDS = {"few_shot", "temperature", "max_new_tokens", "passage_tokens", "seed"}
+# Cleaning's reasons; a reply that repeats a bank example, or a run of words of its prompt.
+REASONS = (*DROP_REASONS, "copies_example", "copies_prompt")
+GENERATION_FIELDS = {"few_shot", "temperature", "max_new_tokens", "passage_tokens", "seed", "retries"}
+CHECK_FIELDS = {"min_chars", "max_chars", "max_copied_words", "max_copied_prompt_words"}  # what decides a retry
 LLM_FIELDS = {"backend", "chat_template", "context_tokens", "batch_size"}  # those that can change the text
 
 
@@ -51,9 +54,9 @@ def passage_seed(seed: int, source_id: str) -> int:
     return random.Random(f"{seed}\x1fgenerate\x1f{source_id}").getrandbits(31)
 
 
-def passage_text(record: Mapping[str, Any]) -> str:
-    """The passage as the LLM sees it: its title as a first sentence, then its text."""
-    title = (record.get("title") or "").strip()
+def passage_text(record: Mapping[str, Any], with_title: bool = True) -> str:
+    """The passage as the LLM sees it: its title as a first sentence (unless ``with_title`` is false), then its text."""
+    title = (record.get("title") or "").strip() if with_title else ""
     if not title:
         return record["text"]
     return f"{title}{'' if title[-1] in '.?!:' else '.'} {record['text']}"
@@ -98,10 +101,22 @@ class Mixture:
         available = load_prompt_types(config.prompts)
         self.names, self.probabilities = type_mixture(config.types, config.type_weights, available)
         self.prompts: dict[str, PromptType] = {name: available[name] for name in self.names}
+        # A reply repeating a few-shot example is not a query of its passage.
+        self.example_queries = {normalize_query(example.query) for prompt in self.prompts.values() for example in prompt.examples}
 
-    def example_queries(self) -> set[str]:
-        """The normalized queries of every few-shot example: a reply repeating one is not a query of its passage."""
-        return {normalize_query(example.query) for prompt in self.prompts.values() for example in prompt.examples}
+    def check(self, raw: str, passage: Mapping[str, Any], kind: str, config: GenerateConfig) -> tuple[str | None, str | None]:
+        """(query, None) for a usable reply, else (None, drop reason); duplicates are the caller's."""
+        query, reason = clean_query(raw, passage_text(passage), min_chars=config.min_chars,
+                                    max_chars=config.max_chars, max_copied_words=config.max_copied_words)
+        if query is None:
+            return None, reason
+        if normalize_query(query) in self.example_queries:
+            return None, "copies_example"
+        # The prompt without its passage: the instructions and the examples drawn for this passage.
+        instructions = build_messages(self.prompts[kind], "", config.seed, passage["_id"], config.few_shot)
+        if shares_words(query, "\n".join(message["content"] for message in instructions), config.max_copied_prompt_words):
+            return None, "copies_prompt"
+        return query, None
 
 
 def generations_key(config: GenerateConfig, generator: str, mixture: Mixture, passages: Path) -> str:
@@ -111,7 +126,7 @@ def generations_key(config: GenerateConfig, generator: str, mixture: Mixture, pa
         mixture.names,
         mixture.probabilities,
         [repr(mixture.prompts[name]) for name in mixture.names],
-        config.model_dump(mode="json", include=GENERATION_FIELDS),
+        config.model_dump(mode="json", include=GENERATION_FIELDS | (CHECK_FIELDS if config.retries else set())),
         config.llm.model_dump(mode="json", include=LLM_FIELDS),
         fingerprint(passages),
     ]
@@ -122,8 +137,9 @@ def passage_messages(
     record: Mapping[str, Any], kind: str, mixture: Mixture, config: GenerateConfig, count: Callable[[str], int] | None
 ) -> Messages:
     """The chat messages for one passage and its type, the passage cut to ``passage_tokens`` by ``count``."""
-    passage = truncate_passage(passage_text(record), count, config.passage_tokens)
-    return build_messages(mixture.prompts[kind], passage, config.seed, record["_id"], config.few_shot)
+    prompt = mixture.prompts[kind]
+    passage = truncate_passage(passage_text(record, prompt.passage_title), count, config.passage_tokens)
+    return build_messages(prompt, passage, config.seed, record["_id"], config.few_shot)
 
 
 def write_generations(workdir: Path, config: GenerateConfig, llm: LLM, mixture: Mixture, key: str, total: int) -> dict[str, int | float]:
@@ -141,13 +157,14 @@ def write_generations(workdir: Path, config: GenerateConfig, llm: LLM, mixture: 
             if not block:
                 return
             types = assign_types([record["_id"] for record in block], mixture.names, mixture.probabilities, config.seed)
-            replies = llm.generate(
-                [passage_messages(record, kind, mixture, config, count) for record, kind in zip(block, types)],
+            replies = sample_until(
+                llm, [passage_messages(record, kind, mixture, config, count) for record, kind in zip(block, types)],
                 temperature=config.temperature, max_new_tokens=config.max_new_tokens,
                 seeds=[passage_seed(config.seed, record["_id"]) for record in block],
+                accept=lambda index, raw: mixture.check(raw, block[index], types[index], config)[0] is not None, attempts=1 + config.retries,
             )
-            for record, kind, raw in zip(block, types, replies, strict=True):
-                row = {"qid": query_id(record["_id"]), "source_id": record["_id"], "type": kind, "raw": raw}
+            for record, kind, tried in zip(block, types, replies, strict=True):
+                row = {"qid": query_id(record["_id"]), "source_id": record["_id"], "type": kind, "raw": tried[-1], "rejected": tried[:-1]}
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
             out.flush()
             advance(len(block))
@@ -188,24 +205,24 @@ def clean_generations(workdir: Path, config: GenerateConfig, generator: str, mix
     """Write ``queries.jsonl``: each raw reply cleaned, checked and deduplicated; counts per reason and type."""
     counts: Counter[str] = Counter()
     deduper = QueryDeduper()
-    examples = mixture.example_queries()
 
     def records() -> Iterator[dict[str, Any]]:
         for passage, reply in _paired(workdir):
             kind = reply["type"]
-            query, reason = clean_query(reply["raw"], passage_text(passage), min_chars=config.min_chars,
-                                        max_chars=config.max_chars, max_copied_words=config.max_copied_words)
+            query, reason = mixture.check(reply["raw"], passage, kind, config)
             if query is not None:
-                reason = "copies_example" if normalize_query(query) in examples else deduper.check(query)
+                reason = deduper.check(query)
             counts[f"generated_{kind}"] += 1
+            counts[f"retried_{kind}"] += bool(reply["rejected"])
             if reason is not None:
                 counts[f"dropped_{reason}_{kind}"] += 1
                 continue
             counts[f"kept_{kind}"] += 1
+            counts[f"recovered_{kind}"] += bool(reply["rejected"])
             yield {"qid": reply["qid"], "text": query, "type": kind, "source_id": passage["_id"], "generator": generator}
 
     write_jsonl(workdir / "queries.jsonl", records())
-    outcomes = ["generated", "kept", *(f"dropped_{reason}" for reason in REASONS)]
+    outcomes = ["generated", "kept", "retried", "recovered", *(f"dropped_{reason}" for reason in REASONS)]
     summary = {outcome: sum(counts[f"{outcome}_{kind}"] for kind in mixture.names) for outcome in outcomes}
     summary.update({f"{outcome}_{kind}": counts[f"{outcome}_{kind}"] for kind in mixture.names for outcome in outcomes})
     return summary

@@ -10,11 +10,15 @@ Each backend has two calls:
 - ``generate(prompts, temperature=, max_new_tokens=, seeds=)``: one completion per prompt;
 - ``yes_no(prompts)``: for each prompt, log P(yes) − log P(no) of the first answer token
   (the spellings "yes", "Yes", " yes"... are pooled), the score of an LLM judge.
+
+``sample_until`` samples a prompt again, with a new seed, while its reply is rejected (the
+generate stage's retries); llama.cpp does it natively, keeping the prompt in its KV cache.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +50,37 @@ class LLM(Protocol):
     def count_tokens(self, text: str) -> int | None:
         """Tokens of ``text`` for this model (None when the backend cannot tell, as a remote server)."""
         ...
+
+
+def retry_seed(seed: int, attempt: int) -> int:
+    """The sampling seed of a prompt's attempt ``attempt``: ``seed`` itself first, then one fixed by both, in [0, 2**31)."""
+    return seed if attempt == 0 else random.Random(f"{seed}\x1fretry\x1f{attempt}").getrandbits(31)
+
+
+def sample_until(
+    llm: LLM, prompts: Sequence[Messages], *, temperature: float, max_new_tokens: int, seeds: Sequence[int],
+    accept: Callable[[int, str], bool], attempts: int,
+) -> list[list[str]]:
+    """Up to ``attempts`` replies per prompt, stopping at the first that ``accept(index, reply)`` takes.
+
+    Each prompt's list ends with the reply to use (the accepted one, or the last rejected); attempt k
+    is seeded with ``retry_seed(seed, k)``. A backend with its own ``sample_until`` runs it (llama.cpp:
+    the prompt stays in the KV cache, so a retry costs only its new tokens); the others get the
+    prompts still rejected back as one batch per attempt (vLLM's prefix cache makes that cheap).
+    """
+    native = getattr(llm, "sample_until", None)
+    if native is not None:
+        return native(prompts, temperature=temperature, max_new_tokens=max_new_tokens, seeds=seeds, accept=accept, attempts=attempts)
+    replies = [[reply] for reply in llm.generate(prompts, temperature=temperature, max_new_tokens=max_new_tokens, seeds=seeds)]
+    for attempt in range(1, attempts):
+        redo = [index for index, tried in enumerate(replies) if not accept(index, tried[-1])]
+        if not redo:
+            break
+        again = llm.generate([prompts[index] for index in redo], temperature=temperature, max_new_tokens=max_new_tokens,
+                             seeds=[retry_seed(seeds[index], attempt) for index in redo])
+        for index, reply in zip(redo, again, strict=True):
+            replies[index].append(reply)
+    return replies
 
 
 def answer_token_ids(encode: Callable[[str], list[int]]) -> tuple[list[int], list[int]]:

@@ -10,13 +10,13 @@ is decoded.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from specialize.config import LLMConfig
 from specialize.errors import SpecializeError
-from specialize.llm import Messages, answer_token_ids, chat_template, local_model, log_odds, require
+from specialize.llm import Messages, answer_token_ids, chat_template, local_model, log_odds, require, retry_seed
 
 HINT = "pip install llama-cpp-python==0.3.36; it builds from source in about 12 minutes"
 
@@ -68,16 +68,33 @@ class LlamaCppBackend:
         return [bos, *tokens] if wants_bos and tokens[:1] != [bos] else tokens
 
     def generate(self, prompts: Sequence[Messages], *, temperature: float, max_new_tokens: int, seeds: Sequence[int]) -> list[str]:
-        """One completion per prompt, each seeded with its own seed; stops at the end-of-turn token.
+        """One completion per prompt, each seeded with its own seed; stops at the end-of-turn token."""
+        replies = self.sample_until(prompts, temperature=temperature, max_new_tokens=max_new_tokens, seeds=seeds,
+                                    accept=lambda index, reply: True, attempts=1)
+        return [tried[0] for tried in replies]
+
+    def sample_until(
+        self, prompts: Sequence[Messages], *, temperature: float, max_new_tokens: int, seeds: Sequence[int],
+        accept: Callable[[int, str], bool], attempts: int,
+    ) -> list[list[str]]:
+        """``specialize.llm.sample_until``, one prompt at a time.
 
         Each prompt is decoded from scratch: a reused prefix changes the logits slightly (other
-        kernels run on a shorter batch), which would make a seed give different text.
+        kernels run on a shorter batch), which would make a seed give different text. Its retries
+        follow at once and keep it in the KV cache (llama.cpp re-decodes only its last token), so a
+        retry costs its new tokens alone and still gives the same text for the same seed.
         """
         out = []
-        for messages, seed in zip(prompts, seeds):
+        for index, (messages, seed) in enumerate(zip(prompts, seeds, strict=True)):
+            tokens = self.render(messages)
             self.llm.reset()
-            result = self.llm.create_completion(self.render(messages), temperature=temperature, max_tokens=max_new_tokens, seed=seed)
-            out.append(result["choices"][0]["text"])
+            tried: list[str] = []
+            for attempt in range(attempts):
+                result = self.llm.create_completion(tokens, temperature=temperature, max_tokens=max_new_tokens, seed=retry_seed(seed, attempt))
+                tried.append(result["choices"][0]["text"])
+                if accept(index, tried[-1]):
+                    break
+            out.append(tried)
         return out
 
     def yes_no(self, prompts: Sequence[Messages]) -> list[float]:

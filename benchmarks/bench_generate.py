@@ -145,7 +145,7 @@ def main() -> None:
     fastest = max(rows, key=lambda row: row["ours_q_per_s"])
     path = save("generate", {
         "chunk": args.chunk, "threads": args.threads, "rows": rows, "target_ratio": 0.9, "fastest": fastest["model"],
-        "note": "wall times on a 2-core machine shared with other jobs; ours and bare alternate chunk by chunk on one Llama",
+        "note": "wall times; ours and bare alternate chunk by chunk on one Llama",
     })
     print(f"wrote {path}")
 

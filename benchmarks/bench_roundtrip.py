@@ -11,14 +11,19 @@ queries kept at their first attempt: the figures the same run would give with ``
 Each (generator, type, prompt of that type, retries) has its own work directory in the cache, so a rerun
 after a prompt change regenerates only the types whose prompt changed, and a killed run resumes.
 ``--prompts`` tries prompt files on top of the bundled bank (as ``generate.prompts`` does).
+``--compare`` scores another generator's cached run of the same prompts on all 200 passages over
+just the first ``--passages`` (its queries for those passages), so that a generator measured on
+fewer passages is compared on the same ones.
 
     python benchmarks/bench_roundtrip.py [--generator bundled:qwen-0.5b] [--passages 200] [--retries 2] [--label baseline] [--attempt 2]
+                                         [--compare bundled:qwen-0.5b]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +33,7 @@ from _common import peak_rss_mb, print_table, save  # noqa: E402
 
 DEPTH = 20
 SAMPLE = 200
+MEAN_COLUMNS = ("bm25@20 %", "minilm@20 %", "either %", "both %", "yield %", "first: either %", "first: yield %")
 
 
 def workdir_for(root: Path, generator: str, kind: str, prompt: object, passages: int, retries: int) -> Path:
@@ -49,6 +55,27 @@ def roundtrip(retrievers, position: dict[str, int], queries: list[dict]) -> dict
             "either": share(any(h) for h in hits), "both": share(all(h) for h in hits)}
 
 
+def score(retrievers, position: dict[str, int], work: Path, sources: list[str]) -> dict:
+    """Round-trip rates, yield and first-attempt figures of a work directory's queries for these source passages."""
+    from specialize.artifacts import iter_jsonl
+
+    wanted = set(sources)
+    queries = [record for _, record in iter_jsonl(work / "queries.jsonl") if record["source_id"] in wanted]
+    retried = {row["qid"] for _, row in iter_jsonl(work / "generations.jsonl") if row["rejected"] and row["source_id"] in wanted}
+    first = [query for query in queries if query["qid"] not in retried]  # those kept without a retry
+    rates, first_rates = roundtrip(retrievers, position, queries), roundtrip(retrievers, position, first)
+    return {
+        "kept": len(queries), "bm25@20 %": rates["bm25"], "minilm@20 %": rates["minilm"], "either %": rates["either"], "both %": rates["both"],
+        "yield %": round(rates["either"] * len(queries) / len(sources), 1),
+        "first: either %": first_rates["either"], "first: yield %": round(first_rates["either"] * len(first) / len(sources), 1),
+    }
+
+
+def mean_row(rows: list[dict]) -> dict[str, float]:
+    """The mean over types of each rate column."""
+    return {column: round(sum(row[column] for row in rows) / len(rows), 1) for column in MEAN_COLUMNS}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generator", default="bundled:qwen-0.5b")
@@ -58,14 +85,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads, decode and prompt (1 is fastest on a busy 2-core machine)")
     parser.add_argument("--retries", type=int, default=None, help="generate.retries (default: its default); first-attempt figures are shown beside")
     parser.add_argument("--label", default="", help="what this attempt changed, saved with the figures")
+    parser.add_argument("--compare", default=None, help=f"a generator whose cached {SAMPLE}-passage run is scored on the same first --passages passages")
     parser.add_argument("--attempt", default="", help="results go to roundtrip_<generator>_<attempt>.json (default: roundtrip_<generator>.json)")
     args = parser.parse_args()
 
-    from specialize.artifacts import iter_jsonl
     from specialize.config import QUERY_TYPES, GenerateConfig, LLMConfig, MineConfig
     from specialize.corpus import prepare
     from specialize.generate.prompts import load_prompt_types
-    from specialize.generate.stage import generate
+    from specialize.generate.stage import REASONS, generate
     from specialize.llm import load_llm
     from specialize.mine import load_retrievers, read_corpus
     from specialize.models import cache_dir
@@ -75,6 +102,7 @@ def main() -> None:
     if not (sample / "passages.jsonl").is_file():
         prepare("demo:scifact", sample, max_passages=SAMPLE)
     passages = (sample / "passages.jsonl").read_text().splitlines(keepends=True)[: args.passages]
+    sources = [json.loads(line)["_id"] for line in passages]
     ids, texts = read_corpus(sample / "corpus.jsonl")
     position = {doc_id: i for i, doc_id in enumerate(ids)}
     retrievers = load_retrievers(MineConfig(retrievers=["bm25", "bundled:minilm"], backend="torch"), ids, texts)
@@ -96,26 +124,35 @@ def main() -> None:
             llm.llm._ctx.set_n_threads(args.threads, args.threads)  # llm.threads sets decode threads only, not the prompt's
         counts = generate(work, config.model_copy(update={"types": [kind]}), llm=llm)
         seconds = time.perf_counter() - started
-        queries = [record for _, record in iter_jsonl(work / "queries.jsonl")]
-        retried = {row["qid"] for _, row in iter_jsonl(work / "generations.jsonl") if row["rejected"]}
-        first = [query for query in queries if query["qid"] not in retried]  # those kept without a retry
-        rates, first_rates = roundtrip(retrievers, position, queries), roundtrip(retrievers, position, first)
-        dropped = {reason: counts[f"dropped_{reason}"] for reason in ("copies_passage", "copies_example", "duplicate", "empty", "too_short", "too_long")}
+        dropped = {reason: counts[f"dropped_{reason}"] for reason in REASONS if counts[f"dropped_{reason}"]}
         rows.append({
-            "type": kind, "passages": counts["passages"], "kept": counts["kept"], "retried": counts["retried"], "recovered": counts["recovered"],
-            "bm25@20 %": rates["bm25"], "minilm@20 %": rates["minilm"], "either %": rates["either"], "both %": rates["both"],
-            "yield %": round(rates["either"] * counts["kept"] / counts["passages"], 1),
-            "first: either %": first_rates["either"], "first: yield %": round(first_rates["either"] * len(first) / counts["passages"], 1),
-            "dropped": ", ".join(f"{reason} {n}" for reason, n in dropped.items() if n) or "-",
+            "type": kind, "passages": counts["passages"], "retried": counts["retried"], "recovered": counts["recovered"],
+            **score(retrievers, position, work, sources),
+            "dropped": ", ".join(f"{reason} {n}" for reason, n in dropped.items()) or "-",
             "q/s": counts["queries_per_second"], "gen_s": round(seconds, 1) if counts["generated_now"] else 0.0,
         })
     print_table(f"round trip @{DEPTH}, {args.generator}, {args.passages} SciFact passages per type", rows)
-    mean = {column: round(sum(row[column] for row in rows) / len(rows), 1) for column in ("bm25@20 %", "minilm@20 %", "either %", "both %", "yield %", "first: either %", "first: yield %")}
+    mean = mean_row(rows)
     print("mean over types:", mean)
+    results = {"generator": args.generator, "passages": args.passages, "depth": DEPTH, "label": args.label, "prompts": args.prompts,
+               "threads": args.threads, "retries": config.retries, "rows": rows, "mean": mean}
+    if args.compare:
+        results["compare"] = compared(args.compare, kinds, lambda kind: workdir_for(root, args.compare, kind, bank[kind], SAMPLE, config.retries),
+                                      lambda work: score(retrievers, position, work, sources), args.passages)
     name = "_".join(filter(None, ["roundtrip", args.generator.split(":")[-1], args.attempt]))
-    path = save(name, {"generator": args.generator, "passages": args.passages, "depth": DEPTH, "label": args.label, "prompts": args.prompts,
-                       "threads": args.threads, "retries": config.retries, "rows": rows, "mean": mean, "peak_rss_mb": round(peak_rss_mb(), 1)})
+    path = save(name, {**results, "peak_rss_mb": round(peak_rss_mb(), 1)})
     print(f"wrote {path}")
+
+
+def compared(generator: str, kinds: list[str], workdir, scored, passages: int) -> dict:
+    """Another generator's cached full-sample run per type, scored on the same passages (types it has not run are left out)."""
+    rows = [{"type": kind, **scored(workdir(kind))} for kind in kinds if (workdir(kind) / "queries.jsonl").is_file()]
+    if not rows:
+        sys.exit(f"error: --compare {generator}: no finished {SAMPLE}-passage run of these prompts in the cache")
+    print_table(f"the same {passages} passages, {generator} (from its {SAMPLE}-passage run)", rows)
+    mean = mean_row(rows)
+    print("mean over types:", mean)
+    return {"generator": generator, "rows": rows, "mean": mean}
 
 
 if __name__ == "__main__":

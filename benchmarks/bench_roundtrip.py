@@ -71,9 +71,12 @@ def score(retrievers, position: dict[str, int], work: Path, sources: list[str]) 
     }
 
 
-def mean_row(rows: list[dict]) -> dict[str, float]:
-    """The mean over types of each rate column."""
-    return {column: round(sum(row[column] for row in rows) / len(rows), 1) for column in MEAN_COLUMNS}
+def report(title: str, rows: list[dict]) -> dict[str, float]:
+    """Print the rows and the mean over types of each rate column; return that mean."""
+    print_table(title, rows)
+    mean = {column: round(sum(row[column] for row in rows) / len(rows), 1) for column in MEAN_COLUMNS}
+    print("mean over types:", mean)
+    return mean
 
 
 def main() -> None:
@@ -105,13 +108,21 @@ def main() -> None:
     sources = [json.loads(line)["_id"] for line in passages]
     ids, texts = read_corpus(sample / "corpus.jsonl")
     position = {doc_id: i for i, doc_id in enumerate(ids)}
-    retrievers = load_retrievers(MineConfig(retrievers=["bm25", "bundled:minilm"], backend="torch"), ids, texts)
 
     bank = load_prompt_types(args.prompts)
     kinds = args.types.split(",") if args.types else list(QUERY_TYPES)
     config = GenerateConfig(model=args.generator, llm=LLMConfig(threads=args.threads), prompts=args.prompts)
     if args.retries is not None:
         config = config.model_copy(update={"retries": args.retries})
+    compare = {}  # the other generator's finished full-sample work directory per type, checked before any work
+    if args.compare:
+        for kind in kinds:
+            work = workdir_for(root, args.compare, kind, bank[kind], SAMPLE, config.retries)
+            if (work / "queries.jsonl").is_file():
+                compare[kind] = work
+        if not compare:
+            sys.exit(f"error: --compare {args.compare}: no finished {SAMPLE}-passage run of these prompts in the cache")
+    retrievers = load_retrievers(MineConfig(retrievers=["bm25", "bundled:minilm"], backend="torch"), ids, texts)
     llm = None
     rows = []
     for kind in kinds:
@@ -131,28 +142,16 @@ def main() -> None:
             "dropped": ", ".join(f"{reason} {n}" for reason, n in dropped.items()) or "-",
             "q/s": counts["queries_per_second"], "gen_s": round(seconds, 1) if counts["generated_now"] else 0.0,
         })
-    print_table(f"round trip @{DEPTH}, {args.generator}, {args.passages} SciFact passages per type", rows)
-    mean = mean_row(rows)
-    print("mean over types:", mean)
+    mean = report(f"round trip @{DEPTH}, {args.generator}, {args.passages} SciFact passages per type", rows)
     results = {"generator": args.generator, "passages": args.passages, "depth": DEPTH, "label": args.label, "prompts": args.prompts,
                "threads": args.threads, "retries": config.retries, "rows": rows, "mean": mean}
-    if args.compare:
-        results["compare"] = compared(args.compare, kinds, lambda kind: workdir_for(root, args.compare, kind, bank[kind], SAMPLE, config.retries),
-                                      lambda work: score(retrievers, position, work, sources), args.passages)
+    if compare:
+        compared = [{"type": kind, **score(retrievers, position, work, sources)} for kind, work in compare.items()]
+        title = f"the same {args.passages} passages, {args.compare} (from its {SAMPLE}-passage run)"
+        results["compare"] = {"generator": args.compare, "rows": compared, "mean": report(title, compared)}
     name = "_".join(filter(None, ["roundtrip", args.generator.split(":")[-1], args.attempt]))
     path = save(name, {**results, "peak_rss_mb": round(peak_rss_mb(), 1)})
     print(f"wrote {path}")
-
-
-def compared(generator: str, kinds: list[str], workdir, scored, passages: int) -> dict:
-    """Another generator's cached full-sample run per type, scored on the same passages (types it has not run are left out)."""
-    rows = [{"type": kind, **scored(workdir(kind))} for kind in kinds if (workdir(kind) / "queries.jsonl").is_file()]
-    if not rows:
-        sys.exit(f"error: --compare {generator}: no finished {SAMPLE}-passage run of these prompts in the cache")
-    print_table(f"the same {passages} passages, {generator} (from its {SAMPLE}-passage run)", rows)
-    mean = mean_row(rows)
-    print("mean over types:", mean)
-    return {"generator": generator, "rows": rows, "mean": mean}
 
 
 if __name__ == "__main__":

@@ -41,3 +41,25 @@ def print_table(title: str, rows: list[dict]) -> None:
     for row in rows:
         table.add_row(*(f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row.values()))
     Console(width=160).print(table)  # wide enough that headers are not cut in logs
+
+
+def per_query_ndcg(run_file: Path, qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+    """nDCG@10 of each judged query in a TREC run file (0 for a query without results)."""
+    import pytrec_eval
+
+    run: dict[str, dict[str, float]] = {}
+    for line in run_file.read_text().splitlines():
+        qid, _, doc, _, score, _ = line.split()
+        run.setdefault(qid, {})[doc] = float(score)
+    scores = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
+    return {qid: scores.get(qid, {}).get("ndcg_cut_10", 0.0) for qid in qrels}
+
+
+def paired_t(scores: dict[str, float], base: dict[str, float]) -> tuple[float, float]:
+    """Mean per-query difference of ``scores`` over ``base`` (same queries) and its paired t-test p-value (1 when equal)."""
+    from scipy.stats import ttest_rel
+
+    qids = sorted(base)
+    delta = [scores[q] - base[q] for q in qids]
+    p = float(ttest_rel([scores[q] for q in qids], [base[q] for q in qids]).pvalue) if any(delta) else 1.0
+    return sum(delta) / len(delta), p

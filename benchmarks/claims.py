@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, print_table, save  # noqa: E402
+from _common import RESULTS, paired_t, per_query_ndcg, print_table, save  # noqa: E402
 
 LOSSES = {"infonce": {"loss": "infonce"}, "marginmse": {"loss": "marginmse"}, "listwise-t0.05": {"teacher_temperature": 0.05}}
 """Variants of the student trained on the same data: the two baselines, and listwise with the teacher's temperature set
@@ -37,22 +37,8 @@ to the student's (0.05 instead of 0.3: the teacher's scores are normalized to [0
 READING = Path(__file__).with_name("claims_reading.md")
 
 
-def per_query_ndcg(run_file: Path, qrels: dict[str, dict[str, int]]) -> dict[str, float]:
-    """nDCG@10 of each judged query in a TREC run file (0 for a query without results)."""
-    import pytrec_eval
-
-    run: dict[str, dict[str, float]] = {}
-    for line in run_file.read_text().splitlines():
-        qid, _, doc, _, score, _ = line.split()
-        run.setdefault(qid, {})[doc] = float(score)
-    scores = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
-    return {qid: scores.get(qid, {}).get("ndcg_cut_10", 0.0) for qid in qrels}
-
-
 def rows_of(work: Path, cfg) -> list[dict]:
     """One row per evaluated model: its recipe, training queries, metrics, and the paired test against the base."""
-    from scipy.stats import ttest_rel
-
     from specialize.evaluate import load_dataset, slug
 
     dataset = load_dataset("demo:scifact", "test")
@@ -66,9 +52,7 @@ def rows_of(work: Path, cfg) -> list[dict]:
         name = "base" if folder is None else (folder.name if folder.parent.name == "variants" else "listwise")
         summary = json.loads((folder / "train.json").read_text()) if folder else {}
         ndcg = per_query_ndcg(runs / f"{slug(model)}.trec", dataset.qrels)
-        qids = sorted(base)
-        delta = [ndcg[q] - base[q] for q in qids]
-        p = float(ttest_rel([ndcg[q] for q in qids], [base[q] for q in qids]).pvalue) if any(delta) else 1.0
+        delta, p = paired_t(ndcg, base)
         rows.append({
             "model": name,
             "loss": summary.get("loss", "-"),
@@ -76,7 +60,7 @@ def rows_of(work: Path, cfg) -> list[dict]:
             "types": ",".join(summary.get("train_types", {})) or "-",
             "nDCG@10": round(100 * metrics["ndcg@10"], 2),
             "Recall@100": round(100 * metrics["recall@100"], 2),
-            "Δ nDCG@10": round(100 * sum(delta) / len(delta), 2),
+            "Δ nDCG@10": round(100 * delta, 2),
             "p (paired t)": round(p, 4),
             "dev nDCG@10 base→trained": " → ".join(f"{100 * v:.1f}" for v in summary.get("dev_ndcg10", {}).values()) or "-",
         })

@@ -116,6 +116,7 @@ def test_approximate_indexes_agree_with_flat_on_top1(workdir, minilm):
     [
         ('{"qid": "q1", "text": "a claim", "type": "claim", "source_id": "d"}\n{"qid": "q2", "text": "b", "type": "claim"}\n', "queries.jsonl:2: missing field 'source_id'"),
         ('{"qid": "q1", "text": "", "type": "claim", "source_id": "d"}\n', "queries.jsonl:1: expected a non-empty string in field 'text'"),
+        ('{"qid": "q1", "text": "a", "type": "claim", "source_id": ""}\n', "queries.jsonl:1: expected a non-empty string or null in field 'source_id'"),
         ('{"qid": "q1", "text": "a", "type": "claim", "source_id": "d"}\n{"qid": "q1", "text": "b", "type": "claim", "source_id": "d"}\n', "queries.jsonl:2: duplicate qid 'q1'"),
         ("\n", "queries.jsonl: no queries"),
     ],

@@ -20,7 +20,7 @@ def _write(path, payload):
 def workdir(tmp_path):
     stages = tmp_path / "stages"
     _write(stages / "prepare.json", {"counts": {"passages": 40}})
-    _write(stages / "generate.json", {"counts": {"generated_claim": 20, "kept_claim": 18, "generated_title": 20, "kept_title": 15}})
+    _write(stages / "generate.json", {"counts": {"generated_claim": 20, "kept_claim": 18, "generated_title": 20, "kept_title": 15, "generated_now": 40}})
     _write(stages / "mine.json", {"counts": {"kept_claim": 16, "kept_title": 11}})
     _write(stages / "label.json", {"counts": {"kept_claim": 12, "train_claim": 11, "kept_title": 7, "train_title": 6}})
     _write(tmp_path / "audit.json", {"teacher": "bm25", "student": "bundled:minilm", "warning": "the teacher (bm25) does not beat it",

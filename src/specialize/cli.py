@@ -33,6 +33,9 @@ SetOption = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override any config key: --set train.epochs=2 (repeatable).")
 ]
 ForceOption = Annotated[bool, typer.Option("--force", help="Rerun even if the stage is up to date.")]
+QueriesOption = Annotated[Optional[str], typer.Option(
+    "--queries", help="Your own queries instead of generation: .jsonl, .csv/.tsv (id and text fields) or .txt (one per line); no LLM.",
+)]
 
 
 def _config(config: Path | None, workdir: Path | None, sets: list[str] | None, **flags: Any) -> Config:
@@ -119,16 +122,18 @@ def generate(
     backend: Annotated[Optional[str], typer.Option(help="auto, llama_cpp, transformers, vllm or openai.")] = None,
     types: Annotated[Optional[str], typer.Option(help="Query types in the mixture, comma-separated: question,claim,...")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="openai backend: the server's base URL, e.g. http://localhost:8000/v1.")] = None,
+    queries: QueriesOption = None,
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
     sets: SetOption = None,
     force: ForceOption = False,
 ) -> None:
-    """Write one synthetic query per sampled passage, of a type drawn from the mixture."""
+    """Write one synthetic query per sampled passage, of a type drawn from the mixture; or take your own (--queries)."""
     type_list = [name.strip() for name in types.split(",") if name.strip()] if types is not None else None
     cfg = _config(
         config, workdir, sets,
-        **{"generate.model": model, "generate.llm.backend": backend, "generate.types": type_list, "generate.llm.base_url": base_url},
+        **{"generate.model": model, "generate.llm.backend": backend, "generate.types": type_list, "generate.llm.base_url": base_url,
+           "generate.queries": queries},
     )
     _stage(cfg, "generate", force)
 
@@ -225,9 +230,10 @@ def run(
     ablate_types: Annotated[bool, typer.Option(
         "--ablate-types", help="Also train one model per query type and one on the mixture cut to a type's size, and evaluate them side by side.",
     )] = False,
+    queries: QueriesOption = None,
 ) -> None:
     """Run every stage in order, skipping those already done; then write the report."""
-    _run_pipeline(_config(config, workdir, sets), start, stop, force, ablate_types)
+    _run_pipeline(_config(config, workdir, sets, **{"generate.queries": queries}), start, stop, force, ablate_types)
 
 
 @app.command()

@@ -71,8 +71,12 @@ class LLMConfig(StrictModel):
 
 
 class GenerateConfig(StrictModel):
-    """Synthetic query generation: one query per sampled passage, of a type drawn from a mixture."""
+    """Synthetic query generation: one query per sampled passage, of a type drawn from a mixture; or the user's own queries."""
 
+    queries: str | None = Field(
+        None, description="Your own queries instead of generation: a .jsonl, .csv/.tsv (id and text fields, optional type) "
+        "or .txt (one per line) file; no LLM is loaded and the queries have no source passage.",
+    )
     model: str = Field("bundled:qwen-0.5b", description="Instruct LLM: GGUF path, HF id, bundled:<alias>, or a served model name.")
     llm: LLMConfig = Field(default_factory=LLMConfig)
     types: list[str] = Field(default_factory=lambda: list(QUERY_TYPES), min_length=1, description="Query types in the mixture.")
@@ -160,6 +164,13 @@ class TrainConfig(StrictModel):
     """Student fine-tuning: listwise KL distillation + masked InfoNCE (or a baseline loss)."""
 
     student: str = Field("bundled:minilm", description="The model to specialize: HF id, path or bundled:<alias>.")
+    mode: Literal["full", "query"] = Field(
+        "full", description="full: fine-tune the whole student (the corpus is embedded again afterwards); query: train only the "
+        "query encoder against the base model's cached corpus embeddings (no passage is encoded in training, every document vector stays valid).",
+    )
+    corpus_negatives: bool = Field(
+        True, description="query mode: the contrastive term takes every corpus passage as a negative (their vectors are cached); false: the batch's passages.",
+    )
     loss: Literal["listwise", "infonce", "marginmse"] = Field(
         "listwise", description="listwise: KL + 0.1 x masked InfoNCE (the papers'); infonce and marginmse: baselines."
     )
@@ -187,7 +198,7 @@ class TrainConfig(StrictModel):
         None, ge=1, description="Gradient caching: texts embedded per forward pass when smaller than batch_size; None: no caching."
     )
     query_max_length: int = Field(64, ge=1, description="Query tokens kept (capped by the model's own limit).")
-    passage_max_length: int = Field(512, ge=1, description="Passage tokens kept (capped by the model's own limit).")
+    passage_max_length: int = Field(512, ge=1, description="full mode: passage tokens kept (capped by the model's own limit); query mode uses the base's cached embeddings.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU that supports it, else fp32.")
     eval_steps: float = Field(0.1, gt=0, description="Dev loss and a checkpoint every this many steps (< 1: this share of the run).")
     logging_steps: float = Field(0.01, gt=0, description="Training loss logged every this many steps (< 1: this share of the run).")

@@ -1,6 +1,7 @@
 """Corpora in, clean passages out: loaders for every input format, validation, dedup, sampling.
 
-Every loader yields documents normalized to the BEIR corpus shape ``{"_id", "title", "text"}``.
+Every loader yields documents normalized to the BEIR corpus shape ``{"_id", "title", "text"}``
+(and ``load_user_queries`` a user's own queries, ``{"_id", "text", "type"}``, through the same readers).
 A bad record raises an error naming its file and line (or record number), or is skipped and
 counted when asked to. Deduplication drops exact and contained near-duplicates in
 O(n log n); sampling never picks a passage that a test query marks relevant.
@@ -25,9 +26,9 @@ import urllib.request
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from specialize.artifacts import iter_jsonl, write_jsonl
 from specialize.errors import SpecializeError, located
@@ -41,6 +42,8 @@ Reject = Callable[[SpecializeError, str], None]
 ID_FIELDS = ("_id", "id", "doc_id", "docid", "pid")
 TEXT_FIELDS = ("text", "contents", "content", "body", "passage")
 TITLE_FIELDS = ("title",)
+QUERY_ID_FIELDS = ("_id", "id", "qid")
+QUERY_TEXT_FIELDS = ("text", "query")
 DROP_REASONS = ("too_short", "no_content", "duplicate", "contained")
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
@@ -143,12 +146,12 @@ class _Invalid(Exception):
 
 
 class _Checker:
-    """Turns raw records into documents: picks the fields, checks them, rejects duplicate ids."""
+    """Turns raw records into documents: picks the fields (the first of each list present), checks them, rejects duplicate ids."""
 
-    def __init__(self, id_field: str | None, title_field: str | None, text_field: str | None) -> None:
-        self.id_fields = (id_field,) if id_field else ID_FIELDS
-        self.text_fields = (text_field,) if text_field else TEXT_FIELDS
-        self.title_fields = (title_field,) if title_field else TITLE_FIELDS
+    def __init__(self, id_fields: Sequence[str], title_fields: Sequence[str], text_fields: Sequence[str]) -> None:
+        self.id_fields = id_fields
+        self.text_fields = text_fields
+        self.title_fields = title_fields
         self.seen: set[str] = set()
 
     def parse(self, record: dict[str, Any]) -> Doc:
@@ -298,6 +301,16 @@ def _parquet_records(path: Path, reject: Reject) -> Iterator[Record]:
             yield path, number, record
 
 
+def _line_records(path: Path, reject: Reject) -> Iterator[Record]:
+    """One record per non-blank line of a .txt[.gz] file, its id ``line-<n>`` (n: the 1-based line number)."""
+    with _open_text(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not _is_text(line):
+                reject(located(path, number, "not valid UTF-8 text (binary file?)"), "bad_encoding")
+            elif line.strip():
+                yield path, number, {"_id": f"line-{number}", "text": line}
+
+
 def _is_hf_dataset(folder: Path) -> bool:
     """Whether a folder holds a Hugging Face dataset written by ``save_to_disk``."""
     return (folder / "dataset_dict.json").is_file() or (
@@ -352,7 +365,8 @@ def _split_heading(content: str, stem: str) -> tuple[str, str]:
     return stem, content
 
 
-_FILE_READERS: dict[str, Callable[[Path, Reject], Iterator[Record]]] = {
+Reader = Callable[[Path, Reject], Iterator[Record]]
+_FILE_READERS: dict[str, Reader] = {
     ".jsonl": _jsonl_records,
     ".ndjson": _jsonl_records,
     ".json": _json_records,
@@ -360,6 +374,18 @@ _FILE_READERS: dict[str, Callable[[Path, Reject], Iterator[Record]]] = {
     ".tsv": _csv_records,
     ".parquet": _parquet_records,
 }
+_QUERY_READERS: dict[str, Reader] = {**_FILE_READERS, ".txt": _line_records}
+_QUERY_SUPPORTED = ".jsonl, .csv, .tsv (id and text fields), .txt (one query per line), each optionally .gz; .json, .parquet"
+
+
+def _file_reader(path: Path, readers: Mapping[str, Reader], supported: str) -> Reader:
+    """The reader of ``readers`` that a file's suffix (``.gz`` aside) calls for; an unsupported one is an error."""
+    name = path.name.lower()
+    suffix = Path(name.removesuffix(".gz")).suffix
+    reader = readers.get(suffix)
+    if reader is None or (name.endswith(".gz") and suffix == ".parquet"):
+        raise SpecializeError(f"{path}: unsupported format {suffix or '(no suffix)'}; supported: {supported}")
+    return reader
 
 
 def _records(path: Path, reject: Reject) -> Iterator[Record]:
@@ -371,12 +397,7 @@ def _records(path: Path, reject: Reject) -> Iterator[Record]:
         if _is_hf_dataset(path):
             return _hf_records(path, reject)
         return _text_folder_records(path, reject)
-    name = path.name.lower()
-    suffix = Path(name.removesuffix(".gz")).suffix
-    reader = _FILE_READERS.get(suffix)
-    if reader is None or (name.endswith(".gz") and suffix == ".parquet"):
-        raise SpecializeError(f"{path}: unsupported format {suffix or '(no suffix)'}; supported: {_SUPPORTED}")
-    return reader(path, reject)
+    return _file_reader(path, _FILE_READERS, _SUPPORTED)(path, reject)
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -407,17 +428,20 @@ def load_corpus(
             raise error
         counts[reason] += 1
 
-    return _docs(path, _records(path, reject), _Checker(id_field, title_field, text_field), reject)
+    checker = _Checker(
+        (id_field,) if id_field else ID_FIELDS, (title_field,) if title_field else TITLE_FIELDS, (text_field,) if text_field else TEXT_FIELDS
+    )
+    return _docs(path, _records(path, reject), checker.parse, reject)
 
 
-def _docs(path: Path, records: Iterator[Record], checker: _Checker, reject: Reject) -> Iterator[Doc]:
-    """Check each raw record, showing progress; an empty corpus is an error."""
+def _docs(path: Path, records: Iterator[Record], parse: Callable[[dict[str, Any]], Doc], reject: Reject, noun: str = "documents") -> Iterator[Doc]:
+    """Check each raw record with ``parse``, showing progress; a file without any (``noun``) is an error."""
     count = 0
-    with progress_bar(f"loading {path.name}", unit="docs", transient=True) as advance:
+    with progress_bar(f"loading {path.name}", unit=noun, transient=True) as advance:
         try:
             for file, number, record in records:
                 try:
-                    doc = checker.parse(record)
+                    doc = parse(record)
                 except _Invalid as bad:
                     reject(located(file, number, bad.message), bad.reason)
                     continue
@@ -428,7 +452,34 @@ def _docs(path: Path, records: Iterator[Record], checker: _Checker, reject: Reje
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
             raise SpecializeError(f"{path}: not a valid gzip file ({exc})") from None
     if count == 0:
-        raise SpecializeError(f"{path}: no documents found")
+        raise SpecializeError(f"{path}: no {noun} found")
+
+
+def _stop(error: SpecializeError, reason: str) -> NoReturn:
+    """A reject that stops at the first bad record, whatever its reason."""
+    raise error
+
+
+def load_user_queries(source: str | Path) -> Iterator[Doc]:
+    """Stream a user's queries file as ``{"_id", "text", "type"}`` records; type is "" when the record has none.
+
+    JSONL, CSV/TSV with a header (and JSON, Parquet) records need an id (``QUERY_ID_FIELDS``: ``_id``, ``id``,
+    ``qid``) and a text (``QUERY_TEXT_FIELDS``: ``text``, ``query``) and may have a string ``type``. A .txt file holds
+    one query per line, its id ``line-<n>``: n is the 1-based line number, so each id points at its line. The
+    format is found by suffix (each optionally .gz). A missing file, an empty one, a record without text, a
+    duplicate id or bytes that are not UTF-8 stop with an error naming the file and line.
+    """
+    path = Path(source)
+    if not path.is_file():
+        raise SpecializeError(f"{path}: queries file not found")
+    checker = _Checker(QUERY_ID_FIELDS, (), QUERY_TEXT_FIELDS)
+
+    def parse(record: dict[str, Any]) -> Doc:
+        query = checker.parse(record)
+        kind = _string(record["type"], "type", "type") if record.get("type") is not None else ""
+        return {"_id": query["_id"], "text": query["text"], "type": kind}
+
+    return _docs(path, _file_reader(path, _QUERY_READERS, _QUERY_SUPPORTED)(path, _stop), parse, _stop, "queries")
 
 
 def load_queries(folder: str | Path) -> dict[str, str]:
@@ -437,7 +488,7 @@ def load_queries(folder: str | Path) -> dict[str, str]:
     path = _beir_file(folder, "queries")
     if path is None:
         raise SpecializeError(f"{folder}: no queries.jsonl or queries.jsonl.gz")
-    checker = _Checker("_id", None, "text")
+    checker = _Checker(("_id",), TITLE_FIELDS, ("text",))
     queries: dict[str, str] = {}
     for number, record in iter_jsonl(path):
         try:

@@ -18,7 +18,7 @@ import numpy as np
 
 from specialize.artifacts import atomic_path, write_json
 from specialize.errors import SpecializeError
-from specialize.models import Prefixes, cache_dir, model_fingerprint, model_prefixes, resolve_model
+from specialize.models import Prefixes, cache_dir, document_fingerprint, model_prefixes, resolve_model
 from specialize.progress import progress_bar
 
 # Measured in benchmarks/bench_cpu_backends.py (benchmarks/results/cpu_backends.json): the
@@ -39,16 +39,22 @@ class Encoder:
     backend: str
     prefixes: Prefixes
     fingerprint: str
+    """Of the model whose passage embeddings this one gives (``document_fingerprint``): the corpus cache's key."""
 
     @property
     def max_seq_length(self) -> int:
         return int(self.model.max_seq_length)
 
     def encode(self, texts: Sequence[str], batch_size: int, kind: str) -> np.ndarray:
-        """Normalized float32 embeddings of queries (``kind="query"``) or passages, with the model's prefix."""
+        """Normalized float32 embeddings of queries (``kind="query"``) or passages, with the model's prefix.
+
+        Queries take the model's query route and passages its document route (one and the same in most models).
+        """
         prefix = self.prefixes.query if kind == "query" else self.prefixes.passage
-        return self.model.encode(
+        encode = self.model.encode_query if kind == "query" else self.model.encode_document
+        return encode(
             [prefix + text for text in texts],
+            prompt="",  # the prefix is ours, whatever prompts the model's config names
             batch_size=batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
@@ -90,7 +96,7 @@ def load_encoder(
         model = _quantize_int8(model)
     if max_seq_length is not None:
         model.max_seq_length = min(max_seq_length, model.max_seq_length or max_seq_length)
-    return Encoder(name, model, backend, model_prefixes(name, prefix_overrides), model_fingerprint(name))
+    return Encoder(name, model, backend, model_prefixes(name, prefix_overrides), document_fingerprint(name))
 
 
 def _quantize_int8(model):

@@ -36,9 +36,12 @@ DROP_REASONS = ("source_not_first", "short_list", "low_top_score")
 # Filters and normalization (pure)
 
 
-def list_filter(doc_ids: Sequence[str], scores: Sequence[float], source_id: str, config: LabelConfig) -> str | None:
-    """The reason to drop a labelled query before normalization (None: keep it)."""
-    if config.require_source_first:
+def list_filter(doc_ids: Sequence[str], scores: Sequence[float], source_id: str | None, config: LabelConfig) -> str | None:
+    """The reason to drop a labelled query before normalization (None: keep it).
+
+    ``require_source_first`` steps aside for a query without a source passage (``source_id`` None: the user's own).
+    """
+    if config.require_source_first and source_id is not None:
         if source_id not in doc_ids or scores[list(doc_ids).index(source_id)] < max(scores):
             return "source_not_first"
     if len(doc_ids) < config.min_list_size:
@@ -210,6 +213,7 @@ def filter_and_split(workdir: Path, queries: Mapping[str, Mapping[str, Any]], co
         query = queries[record["qid"]]
         scores = np.asarray(record["scores"], dtype=np.float64)
         all_scores.append(scores)
+        counts["labelled_no_source"] += query["source_id"] is None
         reason = list_filter(record["doc_ids"], record["scores"], query["source_id"], config)
         if reason is not None:
             counts[f"dropped_{reason}_{query['type']}"] += 1
@@ -237,7 +241,7 @@ def filter_and_split(workdir: Path, queries: Mapping[str, Mapping[str, Any]], co
                 counts[f"{split}_{query['type']}"] += 1
     types = sorted({q["type"] for q in queries.values()})
     outcomes = ["kept", "train", "dev", *(f"dropped_{reason}" for reason in DROP_REASONS)]
-    summary: dict[str, int | float] = {"labelled": len(all_scores)}
+    summary: dict[str, int | float] = {"labelled": len(all_scores), "labelled_no_source": counts["labelled_no_source"]}
     summary.update({outcome: sum(counts[f"{outcome}_{kind}"] for kind in types) for outcome in outcomes})
     summary.update({f"{outcome}_{kind}": counts[f"{outcome}_{kind}"] for kind in types for outcome in outcomes})
     summary.update({"score_low": round(low, 6), "score_high": round(high, 6), "top_score_floor": round(floor, 6)})

@@ -2,7 +2,9 @@
 
 Each retriever ranks every query (in blocks, keeping only int32 corpus positions, no scores);
 their lists are fused by reciprocal rank fusion and a query is kept only if its source passage
-comes back high enough (the round trip). Candidates are streamed to ``candidates.jsonl``.
+comes back high enough (the round trip). A query without a source passage (``source_id`` null: the
+user's own) is kept without the round trip, its fused list as it is. Candidates are streamed to
+``candidates.jsonl``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from specialize.progress import progress_bar
 BM25 = "bm25"
 BLOCK = 4096  # queries per retrieval call: FAISS's own query block (smaller calls cost speed)
 QUERY_FIELDS = ("qid", "text", "type", "source_id")  # "generator" is carried by queries.jsonl but not needed here
+NULLABLE_FIELDS = {"source_id"}  # null: a query with no source passage (the user's own)
 DROP_REASONS = ("roundtrip", "source_missing")
 
 Doc = TypeVar("Doc", bound=Hashable)
@@ -135,10 +138,15 @@ def passes_roundtrip(hits: Sequence[bool], mode: Literal["any", "all"]) -> bool:
     return any(hits) if mode == "any" else all(hits)
 
 
-def candidate_list(fused: Sequence[Doc], source: Doc, top_k: int) -> tuple[list[Doc], int]:
-    """The fused top ``top_k`` with the source put in place of the last one if it fell below; and its 1-based fused rank."""
-    rank = list(fused).index(source) + 1
+def candidate_list(fused: Sequence[Doc], source: Doc | None, top_k: int) -> tuple[list[Doc], int | None]:
+    """The fused top ``top_k`` with the source put in place of the last one if it fell below; and its 1-based fused rank.
+
+    Without a source (None): the fused top ``top_k`` as it is, and no rank.
+    """
     top = list(fused[:top_k])
+    if source is None:
+        return top, None
+    rank = list(fused).index(source) + 1
     if rank > top_k:
         top[-1] = source
     return top, rank
@@ -161,15 +169,20 @@ def read_corpus(path: Path, only: set[str] | None = None) -> tuple[list[str], li
 
 
 def read_queries(path: Path) -> list[dict[str, Any]]:
-    """The records of ``queries.jsonl``, each checked for the fields mining needs and for unique qids."""
+    """The records of ``queries.jsonl``, each checked for the fields mining needs and for unique qids.
+
+    Every field is a non-empty string, but ``source_id`` may be null (a query with no source passage).
+    """
     if not path.is_file():
         raise SpecializeError(f"{path}: not found; run `specialize generate` first")
     queries, seen = [], set()
     for number, record in iter_jsonl(path):
         for field in QUERY_FIELDS:
-            if not isinstance(record.get(field), str) or not record[field].strip():
-                problem = "missing field" if field not in record else "expected a non-empty string in field"
-                raise located(path, number, f"{problem} {field!r}")
+            if field not in record:
+                raise located(path, number, f"missing field {field!r}")
+            value, nullable = record[field], field in NULLABLE_FIELDS
+            if (value is not None or not nullable) and (not isinstance(value, str) or not value.strip()):
+                raise located(path, number, f"expected a non-empty string{' or null' if nullable else ''} in field {field!r}")
         if record["qid"] in seen:
             raise located(path, number, f"duplicate qid {record['qid']!r}")
         seen.add(record["qid"])
@@ -199,9 +212,9 @@ def mine(workdir: Path, config: MineConfig, prefixes: Mapping[str, PrefixConfig]
     position = {doc_id: i for i, doc_id in enumerate(ids)}
     counts: Counter[str] = Counter()
     for query in queries:
-        if query["source_id"] not in position:
+        if query["source_id"] is not None and query["source_id"] not in position:
             counts[f"dropped_source_missing_{query['type']}"] += 1
-    present = [query for query in queries if query["source_id"] in position]
+    present = [query for query in queries if query["source_id"] is None or query["source_id"] in position]
     retrievers = load_retrievers(config, ids, texts, prefixes)
     results = retrieve_all(retrievers, [query["text"] for query in present], min(config.depth, len(ids)))
     hits: Counter[str] = Counter()
@@ -209,29 +222,34 @@ def mine(workdir: Path, config: MineConfig, prefixes: Mapping[str, PrefixConfig]
     def records() -> Iterator[dict[str, Any]]:
         for row, query in enumerate(present):
             rankings = [positions[row][positions[row] >= 0].tolist() for positions in results]
-            source = position[query["source_id"]]
-            in_top = roundtrip_hits(rankings, source, config.roundtrip_depth)
-            hits.update(retriever.name for retriever, hit in zip(retrievers, in_top) if hit)
-            if not passes_roundtrip(in_top, config.roundtrip):
-                counts[f"dropped_roundtrip_{query['type']}"] += 1
-                continue
+            source = None if query["source_id"] is None else position[query["source_id"]]
+            if source is not None:
+                in_top = roundtrip_hits(rankings, source, config.roundtrip_depth)
+                hits.update(retriever.name for retriever, hit in zip(retrievers, in_top) if hit)
+                if not passes_roundtrip(in_top, config.roundtrip):
+                    counts[f"dropped_roundtrip_{query['type']}"] += 1
+                    continue
             fused = [doc for doc, _ in reciprocal_rank_fusion(rankings, config.rrf_k)]
             top, rank = candidate_list(fused, source, config.top_k)
             counts[f"kept_{query['type']}"] += 1
+            counts["kept_no_source"] += source is None
             yield {"qid": query["qid"], "doc_ids": [ids[i] for i in top], "source_rank": rank}
 
     write_jsonl(workdir / "candidates.jsonl", records())
-    return _summary(queries, len(ids), counts, hits, len(present), [retriever.name for retriever in retrievers])
+    round_trips = sum(query["source_id"] is not None for query in present)
+    return _summary(queries, len(ids), counts, hits, round_trips, [retriever.name for retriever in retrievers])
 
 
 def _summary(
-    queries: Sequence[Mapping[str, Any]], docs: int, counts: Counter[str], hits: Counter[str], searched: int, names: Sequence[str]
+    queries: Sequence[Mapping[str, Any]], docs: int, counts: Counter[str], hits: Counter[str], round_trips: int, names: Sequence[str]
 ) -> dict[str, int | float]:
-    """Manifest counts: totals, kept and dropped per reason and per query type, round-trip hit rate per retriever."""
+    """Manifest counts: totals, kept and dropped per reason and per query type, kept without a source (no round trip),
+    and the round-trip hit rate per retriever over the ``round_trips`` queries searched with a source (none when there are none)."""
     types = sorted({query["type"] for query in queries})
     outcomes = ["kept", *(f"dropped_{reason}" for reason in DROP_REASONS)]
     summary: dict[str, int | float] = {"queries": len(queries), "docs": docs}
     summary.update({outcome: sum(counts[f"{outcome}_{kind}"] for kind in types) for outcome in outcomes})
+    summary["kept_no_source"] = counts["kept_no_source"]
     summary.update({f"{outcome}_{kind}": counts[f"{outcome}_{kind}"] for kind in types for outcome in outcomes})
-    summary.update({f"roundtrip_rate_{name}": round(hits[name] / searched, 4) if searched else 0.0 for name in names})
+    summary.update({f"roundtrip_rate_{name}": round(hits[name] / round_trips, 4) for name in names if round_trips})
     return summary

@@ -310,6 +310,42 @@ def model_fingerprint(name: str) -> str:
     return digest[:16]
 
 
+DOCUMENT_ROUTE = "document_route.json"
+"""In a query-side model's folder: the base model whose passage embeddings its document route gives."""
+
+
+def _route_digest(folder: Path, route: str) -> str:
+    """sha256 over the files of one route of a saved Router model (its ``<route>_<n>_<Module>/`` folders)."""
+    combined = hashlib.sha256()
+    modules = sorted(sub for sub in folder.glob(f"{route}_*") if sub.is_dir())
+    for file in sorted(p for sub in modules for p in sub.rglob("*") if p.is_file()):
+        combined.update(file.relative_to(folder).as_posix().encode() + b"\0" + _cached_sha256(file).encode())
+    return combined.hexdigest()
+
+
+def record_document_route(folder: Path, base: str) -> None:
+    """Note in a saved query-side model that its document route is ``base``, unchanged (checked on every load)."""
+    write_json(folder / DOCUMENT_ROUTE, {"base": base, "base_fingerprint": model_fingerprint(base), "route_sha256": _route_digest(folder, "document")})
+
+
+def document_fingerprint(name: str) -> str:
+    """The fingerprint of the model whose passage embeddings ``name`` gives, for the embedding cache.
+
+    A query-side model whose document route is its base, with the route's files as published, gives the
+    base's embeddings bit for bit: it shares the base's fingerprint, so its corpus is never embedded again.
+    Any other model (or a route changed since) is its own.
+    """
+    note = Path(resolve_model(name)) / DOCUMENT_ROUTE
+    if note.is_file():
+        try:
+            record = json.loads(note.read_text(encoding="utf-8"))
+        except ValueError:
+            record = {}
+        if isinstance(record, dict) and record.get("route_sha256") == _route_digest(note.parent, "document"):
+            return str(record["base_fingerprint"])
+    return model_fingerprint(name)
+
+
 _FAMILY_PREFIXES: tuple[tuple[re.Pattern[str], Prefixes], ...] = (
     (re.compile(r"(^|[-_])e5([-_]|$)"), Prefixes("query: ", "passage: ")),
     (

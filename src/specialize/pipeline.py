@@ -57,6 +57,9 @@ def _prepare(cfg: Config, work: Path) -> StagePlan:
 def _generate(cfg: Config, work: Path) -> StagePlan:
     from specialize.generate.stage import generate
 
+    if cfg.generate.queries is not None:  # the user's own queries: the file is the only input, no LLM setting matters
+        return StagePlan("generate", cfg.model_dump(mode="json", include={"generate": {"queries"}}), {"queries": cfg.generate.queries},
+                         ["queries.jsonl"], lambda: generate(work, cfg.generate))
     inputs = {"passages": work / "passages.jsonl", **{f"prompts_{i}": path for i, path in enumerate(cfg.generate.prompts)}}
     return StagePlan("generate", cfg.generate, inputs, ["generations.jsonl", "queries.jsonl"],
                      lambda: generate(work, cfg.generate), needs=(("passages.jsonl", "prepare"),))

@@ -42,11 +42,17 @@ def _counts(workdir: Path, stage: str) -> Mapping[str, Any]:
 
 
 def funnel(workdir: Path) -> tuple[list[str], list[str], dict[str, list[int]]]:
-    """(query types, steps, counts per type per step): generated → cleaned → round trip → labelled → train."""
+    """(query types, steps, counts per type per step): generated → cleaned → round trip → labelled → train.
+
+    With the user's own queries: from the file → mined (no round trip) → labelled → train.
+    """
     generate, mine, label = (_counts(workdir, stage) for stage in ("generate", "mine", "label"))
-    types = sorted(key.removeprefix("generated_") for key in generate if key.startswith("generated_"))
-    steps = [("generated", generate, "generated"), ("after cleaning", generate, "kept"), ("after round trip", mine, "kept"),
-             ("after teacher filters", label, "kept"), ("train", label, "train")]
+    types = sorted(key.removeprefix("kept_") for key in generate if key.startswith("kept_"))
+    if "user_queries" in generate:
+        first = [("from your queries file", generate, "kept"), ("mined (no round trip)", mine, "kept")]
+    else:
+        first = [("generated", generate, "generated"), ("after cleaning", generate, "kept"), ("after round trip", mine, "kept")]
+    steps = [*first, ("after teacher filters", label, "kept"), ("train", label, "train")]
     present = [(name, counts, key) for name, counts, key in steps if counts]
     return types, [name for name, _, _ in present], {t: [int(c.get(f"{key}_{t}", 0)) for _, c, key in present] for t in types}
 
@@ -55,9 +61,14 @@ def _funnel_section(workdir: Path, plots: Path) -> Section | None:
     types, steps, per_type = funnel(workdir)
     if not types:
         return None
-    passages = _counts(workdir, "prepare").get("passages")
     rows = [[t, *per_type[t]] for t in types] + [["all", *(sum(per_type[t][i] for t in types) for i in range(len(steps)))]]
-    text = f"{passages:,} passages were sampled; one query was asked of each." if passages else ""
+    user = _counts(workdir, "generate").get("user_queries")
+    if user is not None:
+        text = (f"{user:,} queries came from your queries file (`generate.queries`), without a source passage: the round-trip "
+                "filter (mine) and `require_source_first` (label) stepped aside for them; the teacher's other filters still apply.")
+    else:
+        passages = _counts(workdir, "prepare").get("passages")
+        text = f"{passages:,} passages were sampled; one query was asked of each." if passages else ""
     return Section("Funnel: queries kept after each filter", text, ["type", *steps], rows, _bar_plot(plots / "funnel.png", steps, per_type, "queries"))
 
 

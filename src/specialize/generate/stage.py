@@ -15,6 +15,10 @@ Two steps, like label's scoring and filtering:
 
 Everything random is fixed by (seed, passage id): the type, the few-shot examples and the
 sampling seeds, so a resumed or grown run writes what an uninterrupted one would.
+
+With ``queries`` set (the user's own queries file) there is no LLM and no step 1: the file's
+queries are written to ``queries.jsonl`` as they are, with no source passage (``source_id``
+null) and the file's type, else ``user``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 
 from specialize.artifacts import finish_partial, finished_with_key, fingerprint, iter_jsonl, resume_partial, write_jsonl
 from specialize.config import GenerateConfig
+from specialize.corpus import load_user_queries
 from specialize.errors import SpecializeError, located
 from specialize.generate.cleaning import DROP_REASONS, QueryDeduper, clean_query, normalize_query, shares_words
 from specialize.generate.prompts import PromptType, assign_types, build_messages, load_prompt_types, truncate_passage, type_mixture
@@ -39,6 +44,7 @@ from specialize.progress import progress_bar
 
 # Cleaning's reasons; a reply that repeats a bank example, or a run of words of its prompt.
 REASONS = (*DROP_REASONS, "copies_example", "copies_prompt")
+USER_TYPE = "user"  # the type of a user's query whose file gives none
 GENERATION_FIELDS = {"few_shot", "temperature", "max_new_tokens", "passage_tokens", "seed", "retries"}
 CHECK_FIELDS = {"min_chars", "max_chars", "max_copied_words", "max_copied_prompt_words"}  # what decides a retry
 LLM_FIELDS = {"backend", "chat_template", "context_tokens", "batch_size"}  # those that can change the text
@@ -228,14 +234,34 @@ def clean_generations(workdir: Path, config: GenerateConfig, generator: str, mix
     return summary
 
 
+# --- the user's own queries ---------------------------------------------------------------------
+
+
+def write_user_queries(workdir: Path, path: str) -> dict[str, int]:
+    """Write ``queries.jsonl`` from the user's queries file: no source passage, the file as the generator; counts per type."""
+    counts: Counter[str] = Counter()
+
+    def records() -> Iterator[dict[str, Any]]:
+        for query in load_user_queries(path):
+            kind = query["type"] or USER_TYPE
+            counts[kind] += 1
+            yield {"qid": query["_id"], "text": query["text"], "type": kind, "source_id": None, "generator": path}
+
+    total = write_jsonl(workdir / "queries.jsonl", records())
+    return {"user_queries": total, "kept": total, **{f"kept_{kind}": counts[kind] for kind in sorted(counts)}}
+
+
 # --- the stage --------------------------------------------------------------------------------
 
 
 def generate(workdir: Path, config: GenerateConfig, llm: LLM | None = None) -> dict[str, int | float]:
     """Write ``generations.jsonl`` and ``queries.jsonl`` for the work directory; return the manifest counts.
 
-    ``llm`` replaces the model ``config.model`` names (tests, benchmarks).
+    ``llm`` replaces the model ``config.model`` names (tests, benchmarks). With ``config.queries`` only
+    ``queries.jsonl`` is written, from that file, and no model is loaded.
     """
+    if config.queries is not None:
+        return write_user_queries(workdir, config.queries)
     mixture = Mixture(config)
     passages = workdir / "passages.jsonl"
     total = count_passages(passages)

@@ -7,8 +7,8 @@ a float tensor ``[B, P]`` normalized to [0, 1]. The teacher's top passage of a r
 wherever it sits in the row.
 
 Every loss keeps its math in ``compute_loss_from_embeddings(query [B, d], passages [B, P, d],
-teacher [B, P], groups)``, which both the plain forward pass and :class:`~specialize.train.CachedLoss`
-call, so the cached and uncached losses cannot drift apart.
+teacher [B, P], groups)``, which the plain forward pass, :class:`~specialize.train.CachedLoss` and
+:class:`~specialize.train.QuerySideLoss` all call, so the three cannot drift apart.
 """
 
 from __future__ import annotations
@@ -60,14 +60,6 @@ def list_similarities(query: Tensor, passages: Tensor) -> Tensor:
     return torch.einsum("bd,bpd->bp", unit(query), unit(passages))
 
 
-def batch_similarities(query: Tensor, passages: Tensor) -> Tensor:
-    """Cosine similarity of each query ``[B, d]`` with every passage of the batch: ``[B, B * P]``.
-
-    Column ``j * P + p`` is passage ``p`` of query ``j``.
-    """
-    return unit(query) @ unit(passages.flatten(0, 1)).T
-
-
 def passage_groups(passage_features: list[dict[str, Any]]) -> Tensor | None:
     """Give identical passages (same attended token ids) the same id in a ``[B, P]`` tensor.
 
@@ -104,6 +96,9 @@ class ListLoss(nn.Module):
     def __init__(self, model: SentenceTransformer) -> None:
         super().__init__()
         self.model = model
+        self.corpus: Tensor | None = None
+        """Every corpus passage's fixed embedding ``[N, d]`` (query-side training, see :class:`QuerySideLoss`):
+        when set, ``groups`` are rows of it and a contrastive term takes the whole corpus as its negatives."""
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
         features = list(sentence_features)

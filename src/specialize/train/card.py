@@ -10,6 +10,10 @@ from typing import Any
 from specialize.artifacts import write_text
 
 HEADING = "## Specialized with `specialize`"
+MODES = {
+    "full": "full fine-tune (queries and documents)",
+    "query": "query side only: the document encoder is the unchanged base model",
+}
 
 
 def card_section(summary: Mapping[str, Any], workdir: Path) -> str:
@@ -21,6 +25,7 @@ def card_section(summary: Mapping[str, Any], workdir: Path) -> str:
     facts = [
         ("Base model", f"`{summary['student']}` ({summary['parameters'] / 1e6:.1f}M parameters)"),
         ("Teacher", f"`{summary['teacher']}`" if summary["teacher"] else "unknown (no labels.jsonl scored by the configured label.teacher)"),
+        ("Mode", MODES[summary.get("mode", "full")]),
         ("Loss", f"`{summary['loss']}` ({loss_args})"),
         ("Learning rate", f"{hyper['learning_rate']:g} ({hyper['learning_rate_source']})"),
         ("Batch", f"{hyper['batch_size']} queries × {hyper['passages_per_query']} passages per device, {hyper['devices']} device(s){caching}"),
@@ -31,6 +36,8 @@ def card_section(summary: Mapping[str, Any], workdir: Path) -> str:
         ("Best dev loss", f"{best:.4f} (step {summary['best_step']})" if best is not None else "no dev set"),
     ]
     lines = [HEADING, "", summary["verdict"], "", "| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in facts)]
+    if summary.get("mode") == "query" and summary.get("published") == "trained":
+        lines += query_side_usage(summary["student"])
     lines += ["", "### Training data", "", "| query type | train | dev |", "|---|---:|---:|"]
     types = sorted(set(summary["train_types"]) | set(summary["dev_types"]))
     lines += [f"| {kind} | {summary['train_types'].get(kind, 0):,} | {summary['dev_types'].get(kind, 0):,} |" for kind in types]
@@ -43,6 +50,19 @@ def card_section(summary: Mapping[str, Any], workdir: Path) -> str:
                       "normalized score (in hundredths) as graded relevance."]
     lines += evaluation_table(workdir)
     return "\n".join(lines) + "\n"
+
+
+def query_side_usage(base: str) -> list[str]:
+    """Markdown lines: which vectors changed in a query-side model, and how to use it."""
+    return [
+        "", "### Query side only", "",
+        f"Only the query encoder was trained. Documents go through `{base}` unchanged, so `encode_document` gives the "
+        "base model's vectors bit for bit: an index built with the base stays valid, and only queries use the new encoder.",
+        "", "```python", "from sentence_transformers import SentenceTransformer", "",
+        'model = SentenceTransformer("path/to/this/folder")',
+        'query_vectors = model.encode_query(["your question"])  # the specialized query encoder',
+        'doc_vectors = model.encode_document(["a passage"])  # identical to the base model\'s: keep your index', "```",
+    ]
 
 
 def evaluation_table(workdir: Path) -> list[str]:

@@ -125,3 +125,22 @@ def _with_texts(batch: dict[str, list], texts: dict[str, str], size: int) -> dic
         columns[name] = [texts[ids[position]] for ids in batch["doc_ids"]]
     columns["label"] = batch["scores"]
     return columns
+
+
+def query_side_dataset(rows: Sequence[ScoredList], position: Mapping[str, int], size: int):
+    """A ``datasets.Dataset`` with the columns ``query, label`` for query-side training (see ``QuerySideLoss``).
+
+    The label is ``[2, size]`` in float64: the teacher's scores of the row's ``size`` best passages, then
+    those passages' rows in the corpus matrix (``position``); no passage text is read.
+    """
+    import torch
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict(
+        {
+            QUERY_COLUMN: [row.query for row in rows],
+            "label": [[row.scores[:size], [position[doc] for doc in row.doc_ids[:size]]] for row in rows],
+        }
+    )
+    dataset.set_format("torch", columns=["label"], dtype=torch.float64, output_all_columns=True)
+    return dataset

@@ -41,22 +41,23 @@ def dev_ndcg(
     position = {doc: i for i, doc in enumerate(doc_ids)}
     query_length, passage_length = max_lengths
     with progress_bar(f"dev check · {label}", total=len(rows) + len(doc_ids), unit="texts", transient=True) as advance:
-        queries = _encode(model, [row.query for row in rows], prefixes.query, query_length, batch_size, advance)
-        passages = _encode(model, [texts[doc] for doc in doc_ids], prefixes.passage, passage_length, batch_size, advance)
+        queries = _encode(model, [row.query for row in rows], prefixes.query, query_length, batch_size, advance, "query")
+        passages = _encode(model, [texts[doc] for doc in doc_ids], prefixes.passage, passage_length, batch_size, advance, "document")
     run: Run = {
         row.qid: {doc: float(queries[i] @ passages[position[doc]]) for doc in row.doc_ids} for i, row in enumerate(rows)
     }
     return score_run(teacher_grades(rows), run)["ndcg@10"]
 
 
-def _encode(model, texts: list[str], prefix: str, max_length: int, batch_size: int, advance) -> np.ndarray:
-    """Normalized embeddings with the prefix as the prompt (as the trainer's collator applies it), cut at ``max_length``."""
+def _encode(model, texts: list[str], prefix: str, max_length: int, batch_size: int, advance, task: str) -> np.ndarray:
+    """Normalized embeddings with the prefix as the prompt (as the trainer's collator applies it), cut at ``max_length``,
+    through the model's route for ``task`` (query or document)."""
     parts = []
     for start in range(0, len(texts), CHUNK):
         chunk = texts[start : start + CHUNK]
         parts.append(
             model.encode(
-                chunk, prompt=prefix or None, batch_size=batch_size, normalize_embeddings=True,
+                chunk, prompt=prefix or None, task=task, batch_size=batch_size, normalize_embeddings=True,
                 convert_to_numpy=True, show_progress_bar=False,
                 processing_kwargs={"text": {"max_length": max_length}},
             )

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from torch import Tensor
 
-from specialize.train.base import ListLoss, batch_similarities, check_positive, check_ratio
+from specialize.train.base import ListLoss, check_positive, check_ratio, unit
 
 
 def in_batch_infonce(
@@ -19,8 +19,9 @@ def in_batch_infonce(
     temperature: float,
     drop_ratio: float | None = None,
     groups: Tensor | None = None,
+    corpus: Tensor | None = None,
 ) -> Tensor:
-    """InfoNCE of each query's teacher-top passage against every other passage of the batch.
+    """InfoNCE of each query's teacher-top passage against every other passage of the batch, or of the corpus.
 
     For query ``i`` with positive ``p_i`` (the argmax of ``teacher[i]``), over the cosine similarities
     ``s(i, j)`` with all ``B * P`` passages of the batch::
@@ -33,6 +34,10 @@ def in_batch_infonce(
     passage is a negative: the rest of the query's own list and all other queries' passages, which the
     teacher never scored against query ``i``. Memory grows as ``B * B * P`` (the logits and the mask).
 
+    With ``corpus`` (``[N, d]``: every passage's embedding, as in query-side training where the document
+    vectors are fixed), ``groups`` are the passages' rows in it and the sum runs over all ``N`` corpus
+    passages instead of the batch's, with the same positive and the same masking; memory grows as ``B * N``.
+
     Args:
         query: Query embeddings ``[B, d]``.
         passages: Passage embeddings ``[B, P, d]``.
@@ -40,21 +45,30 @@ def in_batch_infonce(
         temperature: Softmax temperature ``T``.
         drop_ratio: Mask the query's own passages scoring above this fraction of its top score; None keeps them.
         groups: ``[B, P]`` ids equal for identical passages (see ``passage_groups``); None means all distinct.
+            Required with ``corpus``: the passages' rows in it.
+        corpus: ``[N, d]`` embeddings of every passage, the negatives in place of the batch's; None: the batch's.
     """
     batch, num_passages = teacher.shape
-    logits = batch_similarities(query, passages) / temperature  # [B, B * P]
+    rows = torch.arange(batch, device=teacher.device)
     top = teacher.argmax(dim=1)
     excluded_own = F.one_hot(top, num_passages).bool()
     if drop_ratio is not None:
         excluded_own |= teacher > drop_ratio * teacher.amax(dim=1, keepdim=True)
-    if groups is None:
-        groups = torch.arange(batch * num_passages, device=teacher.device).view(batch, num_passages)
+    if corpus is not None:
+        if groups is None:
+            raise ValueError("corpus negatives need groups: each passage's row in the corpus")
+        candidates, positive = corpus, groups[rows, top]
+        candidate_groups, count = torch.arange(len(corpus), device=teacher.device), len(corpus)
+    else:
+        if groups is None:
+            groups = torch.arange(batch * num_passages, device=teacher.device).view(batch, num_passages)
+        candidates, positive = passages.flatten(0, 1), rows * num_passages + top
+        candidate_groups, count = groups.flatten(), int(groups.max()) + 1
+    logits = unit(query) @ unit(candidates).T / temperature  # [B, candidates]
     # excluded[i, g]: query i leaves out every passage of group g.
-    excluded = torch.zeros(batch, int(groups.max()) + 1, dtype=torch.bool, device=teacher.device)
-    rows = torch.arange(batch, device=teacher.device)
+    excluded = torch.zeros(batch, count, dtype=torch.bool, device=teacher.device)
     excluded[rows[:, None].expand_as(groups)[excluded_own], groups[excluded_own]] = True
-    positive = rows * num_passages + top
-    masked = excluded[:, groups.flatten()]
+    masked = excluded[:, candidate_groups]
     masked[rows, positive] = False
     return F.cross_entropy(logits.masked_fill(masked, float("-inf")), positive)
 
@@ -118,7 +132,7 @@ class InfoNCELoss(ListLoss):
     def compute_loss_from_embeddings(
         self, query: Tensor, passages: Tensor, teacher: Tensor, groups: Tensor | None = None
     ) -> Tensor:
-        return in_batch_infonce(query, passages, teacher, self.temperature, self.denoise_ratio, groups)
+        return in_batch_infonce(query, passages, teacher, self.temperature, self.denoise_ratio, groups, self.corpus)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "denoise_ratio": self.denoise_ratio}

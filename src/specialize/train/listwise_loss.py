@@ -98,7 +98,7 @@ class ListwiseDistillationLoss(ListLoss):
         teacher_log_probs = F.log_softmax(at_least_fp32(teacher) / self.teacher_temperature, dim=1)
         kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
         infonce = in_batch_infonce(
-            query, passages, teacher, self.infonce_temperature, self.false_negative_ratio, groups
+            query, passages, teacher, self.infonce_temperature, self.false_negative_ratio, groups, self.corpus
         )
         return kl + self.infonce_weight * infonce
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specialize.config import TrainConfig
 from specialize.models import Prefixes
@@ -15,6 +15,10 @@ from specialize.train.data import QUERY_COLUMN, passage_columns
 from specialize.train.infonce_loss import InfoNCELoss
 from specialize.train.listwise_loss import ListwiseDistillationLoss
 from specialize.train.margin_mse_loss import MarginMSELoss
+from specialize.train.query_side import QuerySideLoss
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 LEARNING_RATES = ((60e6, 5e-5), (200e6, 2e-5), (500e6, 1e-5), (math.inf, 5e-6))
 """(parameter count below which, default learning rate): MiniLM / small, base, large, bigger models."""
@@ -25,8 +29,9 @@ def default_learning_rate(parameters: int) -> float:
     return next(rate for ceiling, rate in LEARNING_RATES if parameters < ceiling)
 
 
-def build_loss(config: TrainConfig, model) -> tuple[ListLoss, Any]:
-    """The configured list loss, and what the trainer gets: the loss itself, or the loss in gradient caching."""
+def build_loss(config: TrainConfig, model, documents: Tensor | None = None) -> tuple[ListLoss, Any]:
+    """The configured list loss, and what the trainer gets: the loss itself, the loss in gradient caching, or
+    (query mode) the loss over ``documents``, the fixed corpus embeddings."""
     if config.loss == "listwise":
         loss: ListLoss = ListwiseDistillationLoss(
             model, config.teacher_temperature, config.student_temperature, config.infonce_weight,
@@ -36,6 +41,10 @@ def build_loss(config: TrainConfig, model) -> tuple[ListLoss, Any]:
         loss = InfoNCELoss(model, config.student_temperature, config.false_negative_ratio)
     else:  # the scale that aims MarginMSE at the listwise loss's optimum (see MarginMSELoss)
         loss = MarginMSELoss(model, config.teacher_temperature / config.student_temperature)
+    if config.mode == "query":
+        if documents is None:
+            raise ValueError("query mode needs the corpus embeddings")
+        return loss, QuerySideLoss(loss, documents, config.corpus_negatives)
     cached = config.mini_batch_size is not None and config.mini_batch_size < config.batch_size
     return loss, CachedLoss(loss, config.mini_batch_size) if cached else loss
 
@@ -60,7 +69,7 @@ def training_arguments(
     import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
 
-    passages = passage_columns(config.passages_per_query)
+    passages = passage_columns(config.passages_per_query) if config.mode == "full" else []  # query mode: cached vectors
     prompts = {QUERY_COLUMN: prefixes.query} if prefixes.query else {}
     prompts.update({name: prefixes.passage for name in passages if prefixes.passage})
     precision = resolve_precision(config.precision)

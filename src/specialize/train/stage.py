@@ -14,20 +14,32 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from specialize.artifacts import finished_with_key, fingerprint, write_json
 from specialize.config import PrefixConfig, TrainConfig
-from specialize.encoder import load_encoder
+from specialize.encoder import encode_corpus, load_encoder
 from specialize.errors import SpecializeError
 from specialize.mine import read_corpus
-from specialize.models import Prefixes, model_prefixes
+from specialize.models import Prefixes, model_prefixes, record_document_route
 from specialize.progress import stderr
+from specialize.train.cached import CachedLoss
 from specialize.train.card import add_to_card, card_section
-from specialize.train.data import ScoredList, check_docs, list_dataset, read_lists, training_subset, type_counts
+from specialize.train.data import (
+    ScoredList,
+    check_docs,
+    list_dataset,
+    query_side_dataset,
+    read_lists,
+    training_subset,
+    type_counts,
+)
 from specialize.train.devcheck import dev_ndcg
 from specialize.train.recipe import (
     build_loss,
@@ -97,6 +109,40 @@ class Embedding:
     """(query, passage) tokens: the configured lengths capped by the model's own limit."""
 
 
+@dataclass(frozen=True)
+class FrozenDocuments:
+    """Query mode's document side: the base student, never trained, and its embedding of every corpus passage."""
+
+    model: Any
+    """The base SentenceTransformer: the published model's document route."""
+    position: dict[str, int]
+    """Corpus row of each doc id."""
+    vectors: np.ndarray
+    """``[N, d]`` normalized embeddings, from the cache that ``mine`` and ``evaluate`` share."""
+
+    @classmethod
+    def load(cls, workdir: Path, student: str, overrides: Mapping[str, Any]) -> FrozenDocuments:
+        """The base and its corpus embeddings (at its own maximum length, as mine made them: usually a cache hit)."""
+        ids, texts = read_corpus(workdir / "corpus.jsonl")
+        encoder = load_encoder(student, "torch", None, dict(overrides))
+        vectors = encode_corpus(encoder, ids, texts, label=f"{student} · corpus")
+        return cls(encoder.model, {doc: row for row, doc in enumerate(ids)}, vectors)
+
+    def tensor(self):
+        """The embeddings as a float32 tensor (shared memory with the array)."""
+        import torch
+
+        return torch.from_numpy(self.vectors)
+
+    def with_query_route(self, trained):
+        """One SentenceTransformer: ``trained`` for queries (``encode_query``), the base for documents (``encode_document``)."""
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules import Router
+
+        router = Router.for_query_document(query_modules=list(trained), document_modules=list(self.model))
+        return SentenceTransformer(modules=[router], device=str(trained.device))
+
+
 def load_data(workdir: Path, config: TrainConfig) -> TrainingData:
     """``train.jsonl`` (the configured subset) and ``dev.jsonl``, lists of at least ``passages_per_query``, and their texts."""
     size = config.passages_per_query
@@ -136,18 +182,26 @@ def train(
     student = load_encoder(config.student, "torch", None, overrides)  # after the arguments: on this process's device
     model = student.model
     limit = model.max_seq_length or max(config.query_max_length, config.passage_max_length)
-    embedding = Embedding(student.prefixes, (min(config.query_max_length, limit), min(config.passage_max_length, limit)))
+    passage_length = limit if config.mode == "query" else min(config.passage_max_length, limit)  # query: as cached
+    embedding = Embedding(student.prefixes, (min(config.query_max_length, limit), passage_length))
     parameters = sum(p.numel() for p in model.parameters())
     args.learning_rate = config.learning_rate or default_learning_rate(parameters)
     args.warmup_steps = warmup_steps(config, len(data.train), args.world_size)
     prepare_checkpoints(workdir / CHECKPOINTS, run_key(config, embedding.prefixes, workdir), config.resume, args.process_index == 0)
-    loss, trainer_loss = build_loss(config, model)
+    if config.mode == "query":
+        frozen = FrozenDocuments.load(workdir, config.student, overrides)
+        loss, trainer_loss = build_loss(config, model, frozen.tensor())
+        datasets = [query_side_dataset(rows, frozen.position, size) for rows in (data.train, data.dev)]
+    else:
+        frozen = None
+        loss, trainer_loss = build_loss(config, model)
+        datasets = [list_dataset(rows, data.texts, size) for rows in (data.train, data.dev)]
     stopping = [EarlyStoppingCallback(config.early_stopping_patience)] if data.dev and config.early_stopping_patience else []
     trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
-        train_dataset=list_dataset(data.train, data.texts, size),
-        eval_dataset=list_dataset(data.dev, data.texts, size) if data.dev else None,
+        train_dataset=datasets[0],
+        eval_dataset=datasets[1] if data.dev else None,
         loss=trainer_loss,
         data_collator=collator(model, args, embedding.max_lengths),
         callbacks=[*stopping, *callbacks],
@@ -156,18 +210,23 @@ def train(
         "student": config.student,
         "parameters": parameters,
         "teacher": teacher,
+        "mode": config.mode,
         "loss": config.loss,
         "loss_parameters": loss.get_config_dict(),
-        "hyperparameters": hyperparameters(config, args, embedding, cached=trainer_loss is not loss),
+        "hyperparameters": hyperparameters(config, args, embedding, cached=isinstance(trainer_loss, CachedLoss)),
         **data.counts(),
     }
+    started = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if config.resume else None)
+    facts["train_seconds"] = round(time.perf_counter() - started, 2)
     if trainer.is_world_process_zero():
-        chosen, ndcg = choose(trainer.model, config, data, embedding, overrides)
+        trained = trainer.model if frozen is None else frozen.with_query_route(trainer.model)
+        base = load_encoder(config.student, "torch", None, overrides).model if frozen is None else frozen.model
+        chosen, ndcg = choose(trained, base, data, embedding, config.keep_worse)
         state = trainer.state
         summary = {
             **facts,
-            "published": "trained" if chosen is trainer.model else "base",
+            "published": "trained" if chosen is trained else "base",
             "verdict": verdict(ndcg, config.keep_worse, state.best_model_checkpoint),
             "output": config.output,
             "steps": state.global_step,
@@ -178,7 +237,7 @@ def train(
             "dev_ndcg10": ndcg,
         }
         stderr.print(f"[bold]train[/bold]: {summary['verdict']}", highlight=False, soft_wrap=True)
-        publish(chosen, embedding.prefixes, workdir, summary)
+        publish(chosen, embedding.prefixes, workdir, summary, config.student if chosen is trained and frozen else None)
         write_json(workdir / LOG, state.log_history)
         write_json(workdir / SUMMARY, summary)
     trainer.accelerator.wait_for_everyone()
@@ -199,29 +258,32 @@ def hyperparameters(config: TrainConfig, args, embedding: Embedding, cached: boo
         "max_grad_norm": config.max_grad_norm,
         "query_max_length": embedding.max_lengths[0],
         "passage_max_length": embedding.max_lengths[1],
+        "corpus_negatives": config.corpus_negatives if config.mode == "query" else None,
         "precision": resolve_precision(config.precision),
         "seed": config.seed,
     }
 
 
-def choose(trained, config: TrainConfig, data: TrainingData, embedding: Embedding, overrides: Mapping[str, Any]):
+def choose(trained, base, data: TrainingData, embedding: Embedding, keep_worse: bool):
     """The model to publish, and the dev nDCG@10 of the base and trained students ({} without a dev set).
 
     The trained model is chosen only if it ranks the dev lists strictly better, or with ``keep_worse``.
     """
     if not data.dev:
         return trained, {}
-    base = load_encoder(config.student, "torch", None, overrides).model
     ndcg = {
         name: dev_ndcg(model, data.dev, data.texts, embedding.prefixes, embedding.max_lengths, name)
         for name, model in (("base", base), ("trained", trained))
     }
-    keep = ndcg["trained"] > ndcg["base"] or config.keep_worse
+    keep = ndcg["trained"] > ndcg["base"] or keep_worse
     return (trained if keep else base), ndcg
 
 
-def publish(model, prefixes: Prefixes, workdir: Path, summary: Mapping[str, Any]) -> None:
-    """Save ``model`` with its prefixes as prompts and our facts atop its card, replacing ``summary["output"]`` at once."""
+def publish(model, prefixes: Prefixes, workdir: Path, summary: Mapping[str, Any], document_base: str | None = None) -> None:
+    """Save ``model`` with its prefixes as prompts and our facts atop its card, replacing ``summary["output"]`` at once.
+
+    ``document_base`` names the base model a query-side model's document route is (recorded for the embedding cache).
+    """
     final = workdir / summary["output"]
     staging = final.with_name(f".{final.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
@@ -230,6 +292,8 @@ def publish(model, prefixes: Prefixes, workdir: Path, summary: Mapping[str, Any]
     if prefixes.passage:
         model.prompts["document"] = prefixes.passage
     model.save_pretrained(str(staging))
+    if document_base is not None:
+        record_document_route(staging, document_base)
     add_to_card(staging, card_section(summary, workdir))
     replace_folder(staging, final)
 

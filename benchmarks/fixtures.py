@@ -1,0 +1,84 @@
+"""Generated-query fixtures for training experiments: SciFact and MED queries written once, committed.
+
+Runs ``prepare`` and ``generate`` with the demo's generator settings (bundled qwen-0.5b on llama.cpp,
+the bundled prompts) on ``--passages`` sampled passages of one corpus, then copies the kept queries
+and the generate manifest to ``benchmarks/data/<dataset>/``:
+
+* SciFact: the bundled copy; passages relevant to a test claim are never sampled (prepare's rule).
+* MED (``../shared/data/med``): no passage is excluded. MED has no train split, so its 30 judged
+  queries are all test queries and every abstract is eligible as a source, as it would be for a
+  user's own corpus; its corpus is read through a copy without qrels so prepare excludes nothing.
+
+Training benchmarks start from these files (``benchmarks/query_side.py``) instead of waiting an hour
+on the LLM. The work directory keeps the stage's resumable partial files: a killed run continues.
+
+    python benchmarks/fixtures.py scifact --passages 1150
+    python benchmarks/fixtures.py med --passages 580
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+SOURCES = {"scifact": "demo:scifact", "med": str(Path(__file__).resolve().parents[2] / "shared" / "data" / "med")}
+EXCLUDED = {
+    "scifact": "passages relevant to a SciFact test claim (qrels/test.tsv) are never sampled",
+    "med": "none: MED has no train split, so every abstract is eligible (its 30 judged queries are test queries only)",
+}
+
+
+def source_corpus(dataset: str, work: Path) -> str:
+    """The corpus prepare reads: SciFact as bundled; MED through a copy of its corpus.jsonl alone (no qrels beside it)."""
+    if dataset == "scifact":
+        return SOURCES[dataset]
+    copy = work / "source" / "corpus.jsonl"
+    if not copy.is_file():
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(SOURCES[dataset]) / "corpus.jsonl", copy)
+    return str(copy)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=sorted(SOURCES))
+    parser.add_argument("--passages", type=int, required=True, help="sampled source passages: one generated query each")
+    parser.add_argument("--workdir", type=Path, default=None, help="default: benchmarks/.fixture-work/<dataset>")
+    args = parser.parse_args()
+
+    from specialize.pipeline import DEMO_CONFIG, Pipeline
+
+    work = args.workdir or Path(__file__).parent / ".fixture-work" / args.dataset
+    work.mkdir(parents=True, exist_ok=True)
+    pipeline = Pipeline(DEMO_CONFIG, **{
+        "workdir": str(work), "prepare.corpus": source_corpus(args.dataset, work), "prepare.max_passages": args.passages,
+    })
+    manifests = pipeline.run(stop="generate")
+    out = DATA / args.dataset
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(work / "queries.jsonl", out / "queries.jsonl")
+    generate = manifests["generate"]
+    manifest = {
+        "dataset": args.dataset,
+        "source": SOURCES[args.dataset],
+        "excluded": EXCLUDED[args.dataset],
+        "passages": manifests["prepare"]["counts"]["passages"],
+        "generator": pipeline.config.generate.model,
+        "generate_config": pipeline.config.generate.model_dump(mode="json"),
+        "generate_manifest": generate,
+        "machine": machine(),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(json.dumps(generate["counts"], indent=1))
+    print(f"wrote {out / 'queries.jsonl'} and {out / 'manifest.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -45,14 +45,13 @@ def print_table(title: str, rows: list[dict]) -> None:
 
 def per_query_ndcg(run_file: Path, qrels: dict[str, dict[str, int]]) -> dict[str, float]:
     """nDCG@10 of each judged query in a TREC run file (0 for a query without results)."""
-    import pytrec_eval
+    from specialize.evaluate import per_query_ndcg as ndcg_of_run
 
     run: dict[str, dict[str, float]] = {}
     for line in run_file.read_text().splitlines():
         qid, _, doc, _, score, _ = line.split()
         run.setdefault(qid, {})[doc] = float(score)
-    scores = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
-    return {qid: scores.get(qid, {}).get("ndcg_cut_10", 0.0) for qid in qrels}
+    return ndcg_of_run(qrels, run)
 
 
 def paired_t(scores: dict[str, float], base: dict[str, float]) -> tuple[float, float]:

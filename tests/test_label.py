@@ -51,6 +51,9 @@ def test_dev_split_is_seeded_sized_and_order_free():
     assert len(dev) == 10 and dev == dev_split(list(reversed(qids)), 0.1, 42)
     assert dev != dev_split(qids, 0.1, 7)
     assert dev_split(qids, 0.0, 42) == set()
+    assert len(dev_split(qids, 0.1, 42, min_queries=30)) == 30 and dev_split(qids, 0.1, 42, min_queries=30) >= dev
+    assert len(dev_split(qids[:20], 0.1, 42, min_queries=50)) == 10  # never more than half
+    assert dev_split(qids, 0.0, 42, min_queries=50) == set()  # no dev set asked for
 
 
 def test_filter_normalize_split_by_hand(tmp_path):
@@ -270,7 +273,7 @@ def test_cli_labels_skips_and_reports_one_line_errors(workdir, tmp_path):
     shutil.copyfile(workdir / "candidates.jsonl", tmp_path / "candidates.jsonl")
     assert_one_line_error(cli("label", "--workdir", str(tmp_path), "--teacher", "bm52"), "did you mean 'bm25'")
 
-    args = ("label", "--workdir", str(tmp_path), "--teacher", "bm25", "--set", "label.dev_fraction=0.2")
+    args = ("label", "--workdir", str(tmp_path), "--teacher", "bm25", "--set", "label.dev_fraction=0.2", "--set", "label.dev_min_queries=0")
     result = cli(*args)
     assert result.returncode == 0, result.stderr
     assert "done in" in result.stdout and "dropped_source_not_first" in result.stdout

@@ -150,7 +150,10 @@ class LabelConfig(StrictModel):
     low_percentile: float = Field(1.0, ge=0, le=100, description="Normalization floor: this percentile of all raw scores maps to 0.")
     high_percentile: float = Field(99.0, ge=0, le=100, description="Normalization ceiling: this percentile of all raw scores maps to 1.")
     drop_below_percentile: float = Field(25.0, ge=0, le=100, description="Drop queries whose top normalized score is under this percentile of the top scores.")
-    dev_fraction: float = Field(0.1, ge=0, lt=1, description="Share of kept queries written to dev.jsonl.")
+    dev_fraction: float = Field(0.1, ge=0, lt=1, description="Share of kept queries held out in dev.jsonl (the publish gate's queries); 0: none.")
+    dev_min_queries: int = Field(
+        50, ge=0, description="Hold out at least this many queries (when dev_fraction > 0), but never more than half of those kept.",
+    )
     seed: int = 42
 
     @model_validator(mode="after")
@@ -203,7 +206,10 @@ class TrainConfig(StrictModel):
     eval_steps: float = Field(0.1, gt=0, description="Dev loss and a checkpoint every this many steps (< 1: this share of the run).")
     logging_steps: float = Field(0.01, gt=0, description="Training loss logged every this many steps (< 1: this share of the run).")
     early_stopping_patience: int | None = Field(2, ge=1, description="Stop after this many dev evaluations without a lower loss; None: never.")
-    keep_worse: bool = Field(False, description="Publish the trained model even when it ranks the dev lists worse than the base model.")
+    gate_min_queries: int = Field(30, ge=1, description="The publish gate cannot tell below this many held-out queries, and keeps the base.")
+    gate_margin: float = Field(0.0, description="Publish only when the CI's lower bound on the held-out nDCG@10 gain (points) is above this.")
+    gate_confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the gate's paired bootstrap interval.")
+    keep_worse: bool = Field(False, description="Publish the trained model whatever the publish gate says.")
     resume: bool = Field(False, description="Continue from the last checkpoint of an interrupted run with the same config and data.")
     output: str = Field("models/student", description="Where the model is published, relative to the work directory.")
     report_to: str | list[str] = Field("all", description="Trainer loggers: all (every installed one: TensorBoard, W&B...), none, or a list.")

@@ -128,6 +128,14 @@ def score_run(qrels: Qrels, run: Run) -> dict[str, float]:
     }
 
 
+def per_query_ndcg(qrels: Qrels, run: Run) -> dict[str, float]:
+    """nDCG@10 of each judged query, on a 0-1 scale (0 for a query without results)."""
+    import pytrec_eval
+
+    scores = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
+    return {qid: scores.get(qid, {}).get("ndcg_cut_10", 0.0) for qid in qrels}
+
+
 def write_trec_run(path: Path, run: Run, tag: str) -> None:
     """Write a run in TREC format: ``qid Q0 docid rank score tag``."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:

@@ -71,11 +71,13 @@ def top_list(doc_ids: Sequence[str], scores: Sequence[float], size: int) -> tupl
     return [doc_ids[i] for i in order], [float(scores[i]) for i in order]
 
 
-def dev_split(qids: Sequence[str], fraction: float, seed: int) -> set[str]:
-    """The qids that go to dev: round(fraction × n) of them, drawn with ``seed`` independently of input order."""
+def dev_split(qids: Sequence[str], fraction: float, seed: int, min_queries: int = 0) -> set[str]:
+    """The qids that go to dev, drawn with ``seed`` independently of input order: round(fraction × n) of them, at least
+    ``min_queries`` but at most half of them; none when ``fraction`` is 0."""
     shuffled = sorted(qids)
     random.Random(seed).shuffle(shuffled)
-    return set(shuffled[: round(fraction * len(shuffled))])
+    size = min(max(min_queries, round(fraction * len(shuffled))), len(shuffled) // 2) if fraction > 0 else 0
+    return set(shuffled[:size])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,7 +227,7 @@ def filter_and_split(workdir: Path, queries: Mapping[str, Mapping[str, Any]], co
     kept = [qid for qid, top in tops.items() if top >= floor]
     for qid in tops.keys() - set(kept):
         counts[f"dropped_low_top_score_{queries[qid]['type']}"] += 1
-    dev = dev_split(kept, config.dev_fraction, config.seed)
+    dev = dev_split(kept, config.dev_fraction, config.seed, config.dev_min_queries)
     keep = set(kept)
     with atomic_path(workdir / "train.jsonl") as train_tmp, atomic_path(workdir / "dev.jsonl") as dev_tmp:
         with open(train_tmp, "w", encoding="utf-8", newline="\n") as train_out, open(dev_tmp, "w", encoding="utf-8", newline="\n") as dev_out:

@@ -90,6 +90,18 @@ def _audit_section(workdir: Path, plots: Path) -> Section | None:
     return Section("Teacher audit", text, header, rows, _bar_plot(plots / "audit.png", ["teacher", "student"], bars, "nDCG@10"))
 
 
+def _gate_section(workdir: Path) -> Section | None:
+    """The publish decision first: the gate's held-out evidence and its one-line verdict."""
+    summary = _read(workdir / "train.json")
+    if not summary or "gate" not in summary:
+        return None
+    gate = summary["gate"]
+    header = ["held-out queries", "base nDCG@10", "trained nDCG@10", "Δ", f"{100 * gate['confidence']:.0f}% CI", "published"]
+    row = [gate["queries"], round(gate["base"], 2), round(gate["trained"], 2), f"{gate['delta']:+.2f}",
+           f"{gate['ci_low']:+.2f} … {gate['ci_high']:+.2f}", summary["published"]]
+    return Section("Publish gate", summary["verdict"], header, [row])
+
+
 def _training_section(workdir: Path, plots: Path) -> Section | None:
     summary, log = _read(workdir / "train.json"), _read(workdir / "train_log.json")
     if not summary and not log:
@@ -215,7 +227,8 @@ def report(workdir: Path) -> tuple[Path, Path]:
     if not (workdir / "stages").is_dir() and not (workdir / "eval").is_dir():
         raise SpecializeError(f"{workdir}: not a work directory (no stages/ or eval/ inside); run a stage first")
     plots = workdir / "report"
-    candidates = [_funnel_section(workdir, plots), _audit_section(workdir, plots), _training_section(workdir, plots), *_evaluation_sections(workdir, plots)]
+    candidates = [_gate_section(workdir), _funnel_section(workdir, plots), _audit_section(workdir, plots),
+                  _training_section(workdir, plots), *_evaluation_sections(workdir, plots)]
     sections = [section for section in candidates if section is not None]
     title = f"specialize report: {workdir.resolve().name}"
     md, page = workdir / "report.md", workdir / "report.html"

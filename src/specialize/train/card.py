@@ -42,14 +42,23 @@ def card_section(summary: Mapping[str, Any], workdir: Path) -> str:
     types = sorted(set(summary["train_types"]) | set(summary["dev_types"]))
     lines += [f"| {kind} | {summary['train_types'].get(kind, 0):,} | {summary['dev_types'].get(kind, 0):,} |" for kind in types]
     lines += [f"| **total** | {summary['train_queries']:,} | {summary['dev_queries']:,} |"]
-    ndcg = summary["dev_ndcg10"]
-    if ndcg:
-        lines += ["", "### Dev check", "", "| model | dev nDCG@10 |", "|---|---:|"]
-        lines += [f"| {name} | {100 * value:.2f} |" for name, value in ndcg.items()]
-        lines += ["", "Each model ranks every dev query's list of teacher-scored passages; nDCG@10 takes the teacher's "
-                      "normalized score (in hundredths) as graded relevance."]
+    lines += gate_table(summary["gate"])
     lines += evaluation_table(workdir)
     return "\n".join(lines) + "\n"
+
+
+def gate_table(gate: Mapping[str, Any]) -> list[str]:
+    """Markdown lines: the publish gate's evidence and decision."""
+    confidence = f"{100 * gate['confidence']:.0f}% CI"
+    return [
+        "", "### Publish gate", "",
+        "Base and trained model retrieve the held-out queries (never trained on) from the whole corpus; a query's "
+        "relevant passage is the one it was written from. The trained model is published only when the lower bound of "
+        f"the paired bootstrap {confidence} on the nDCG@10 gain is above {gate['margin']:+.2f}.", "",
+        f"| held-out queries | base nDCG@10 | trained nDCG@10 | Δ | {confidence} | decision |", "|---:|---:|---:|---:|---|---|",
+        f"| {gate['queries']} | {gate['base']:.2f} | {gate['trained']:.2f} | {gate['delta']:+.2f} | "
+        f"{gate['ci_low']:+.2f} … {gate['ci_high']:+.2f} | {gate['decision']} |",
+    ]
 
 
 def query_side_usage(base: str) -> list[str]:

@@ -37,10 +37,11 @@ from specialize.train.data import (
     list_dataset,
     query_side_dataset,
     read_lists,
+    read_sources,
     training_subset,
     type_counts,
 )
-from specialize.train.devcheck import dev_ndcg
+from specialize.train.gate import GateResult, decide, held_out_qrels, retrieval_ndcg
 from specialize.train.recipe import (
     build_loss,
     collator,
@@ -54,7 +55,7 @@ CHECKPOINTS = "checkpoints"
 SUMMARY = "train.json"
 LOG = "train_log.json"
 RUN_KEY = "run.json"
-NOT_TRAINING_SETTINGS = {"resume", "keep_worse", "output", "report_to"}
+NOT_TRAINING_SETTINGS = {"resume", "keep_worse", "output", "report_to", "gate_min_queries", "gate_margin", "gate_confidence"}
 """TrainConfig fields that do not change what a checkpoint holds (resuming ignores them)."""
 
 
@@ -221,23 +222,29 @@ def train(
     facts["train_seconds"] = round(time.perf_counter() - started, 2)
     if trainer.is_world_process_zero():
         trained = trainer.model if frozen is None else frozen.with_query_route(trainer.model)
-        base = load_encoder(config.student, "torch", None, overrides).model if frozen is None else frozen.model
-        chosen, ndcg = choose(trained, base, data, embedding, config.keep_worse)
+        final = workdir / config.output
+        staging = final.with_name(f".{final.name}.staging")
+        save_model(trained, embedding.prefixes, staging, config.student if frozen is not None else None)
+        gate = run_gate(config, staging, data, workdir, overrides)
         state = trainer.state
         summary = {
             **facts,
-            "published": "trained" if chosen is trained else "base",
-            "verdict": verdict(ndcg, config.keep_worse, state.best_model_checkpoint),
+            "published": "trained" if gate.decision == "trained" or config.keep_worse else "base",
+            "verdict": verdict(gate, config.keep_worse),
+            "gate": gate.as_dict(),
             "output": config.output,
             "steps": state.global_step,
             "epochs_run": round(state.epoch or 0.0, 4),
             "best_dev_loss": state.best_metric,
             "best_step": state.best_global_step,
             "best_checkpoint": state.best_model_checkpoint,
-            "dev_ndcg10": ndcg,
         }
         stderr.print(f"[bold]train[/bold]: {summary['verdict']}", highlight=False, soft_wrap=True)
-        publish(chosen, embedding.prefixes, workdir, summary, config.student if chosen is trained and frozen else None)
+        if summary["published"] == "base":
+            base = load_encoder(config.student, "torch", None, overrides).model if frozen is None else frozen.model
+            save_model(base, embedding.prefixes, staging)
+        add_to_card(staging, card_section(summary, workdir))
+        replace_folder(staging, final)
         write_json(workdir / LOG, state.log_history)
         write_json(workdir / SUMMARY, summary)
     trainer.accelerator.wait_for_everyone()
@@ -264,53 +271,35 @@ def hyperparameters(config: TrainConfig, args, embedding: Embedding, cached: boo
     }
 
 
-def choose(trained, base, data: TrainingData, embedding: Embedding, keep_worse: bool):
-    """The model to publish, and the dev nDCG@10 of the base and trained students ({} without a dev set).
-
-    The trained model is chosen only if it ranks the dev lists strictly better, or with ``keep_worse``.
-    """
-    if not data.dev:
-        return trained, {}
-    ndcg = {
-        name: dev_ndcg(model, data.dev, data.texts, embedding.prefixes, embedding.max_lengths, name)
-        for name, model in (("base", base), ("trained", trained))
+def run_gate(config: TrainConfig, candidate: Path, data: TrainingData, workdir: Path, overrides: Mapping[str, Any]) -> GateResult:
+    """The publish gate (see ``specialize.train.gate``) for the model saved at ``candidate`` against the base student."""
+    qrels = held_out_qrels(data.dev, read_sources(workdir / "queries.jsonl"))
+    corpus = read_corpus(workdir / "corpus.jsonl")
+    scores = {
+        name: retrieval_ndcg(load_encoder(model, "torch", None, dict(overrides)), data.dev, qrels, corpus) if data.dev else {}
+        for name, model in (("base", config.student), ("trained", str(candidate)))
     }
-    keep = ndcg["trained"] > ndcg["base"] or keep_worse
-    return (trained if keep else base), ndcg
+    return decide(scores["base"], scores["trained"], config.gate_min_queries, config.gate_margin, config.gate_confidence, config.seed)
 
 
-def publish(model, prefixes: Prefixes, workdir: Path, summary: Mapping[str, Any], document_base: str | None = None) -> None:
-    """Save ``model`` with its prefixes as prompts and our facts atop its card, replacing ``summary["output"]`` at once.
-
-    ``document_base`` names the base model a query-side model's document route is (recorded for the embedding cache).
-    """
-    final = workdir / summary["output"]
-    staging = final.with_name(f".{final.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
+def save_model(model, prefixes: Prefixes, folder: Path, document_base: str | None = None) -> None:
+    """Save ``model`` to ``folder`` (replacing it) with its prefixes as prompts; ``document_base`` names the base a
+    query-side model's document route is (recorded for the embedding cache)."""
+    shutil.rmtree(folder, ignore_errors=True)
     if prefixes.query:
         model.prompts["query"] = prefixes.query
     if prefixes.passage:
         model.prompts["document"] = prefixes.passage
-    model.save_pretrained(str(staging))
+    model.save_pretrained(str(folder))
     if document_base is not None:
-        record_document_route(staging, document_base)
-    add_to_card(staging, card_section(summary, workdir))
-    replace_folder(staging, final)
+        record_document_route(folder, document_base)
 
 
-def verdict(ndcg: Mapping[str, float], keep_worse: bool, checkpoint: str | None) -> str:
+def verdict(gate: GateResult, keep_worse: bool) -> str:
     """One plain sentence on what was published and why."""
-    if not ndcg:
-        return "No dev set (label.dev_fraction is 0), so nothing to check against: the trained model is published."
-    numbers = f"dev nDCG@10 {100 * ndcg['trained']:.2f} trained vs {100 * ndcg['base']:.2f} base"
-    if ndcg["trained"] > ndcg["base"]:
-        return f"The trained model ranks the dev lists better than the base model ({numbers}): the trained model is published."
-    if keep_worse:
-        return f"The trained model ranks the dev lists no better than the base model ({numbers}); it is published anyway (--keep-worse)."
-    return (
-        f"Training did not help: the trained model ranks the dev lists no better than the base model ({numbers}), "
-        f"so the base model is published unchanged (--keep-worse publishes the trained one; its best checkpoint is {checkpoint})."
-    )
+    if gate.decision == "base" and keep_worse:
+        return f"Publish gate: {gate.reason}; the trained model is published anyway (--keep-worse)."
+    return f"Publish gate: {gate.reason}."
 
 
 def replace_folder(staging: Path, final: Path) -> None:
@@ -335,13 +324,14 @@ def labels_teacher(workdir: Path, teacher: str | list[str]) -> str | None:
 
 
 def manifest_counts(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The stage manifest's counts: data sizes per type, steps, dev check and what was published."""
+    """The stage manifest's counts: data sizes per type, steps, the gate's numbers and what was published."""
     counts: dict[str, Any] = {"train_queries": summary["train_queries"], "dev_queries": summary["dev_queries"]}
     counts.update({f"train_{kind}": n for kind, n in summary["train_types"].items()})
     counts.update({f"dev_{kind}": n for kind, n in summary["dev_types"].items()})
     counts.update({"steps": summary["steps"], "learning_rate": summary["hyperparameters"]["learning_rate"]})
     if summary["best_dev_loss"] is not None:
         counts["best_dev_loss"] = round(summary["best_dev_loss"], 6)
-    counts.update({f"dev_ndcg10_{name}": round(value, 6) for name, value in summary["dev_ndcg10"].items()})
-    counts["published"] = summary["published"]
+    gate = summary["gate"]
+    counts.update({f"gate_{key}": round(gate[key], 4) for key in ("base", "trained", "delta", "ci_low", "ci_high")})
+    counts.update({"gate_queries": gate["queries"], "published": summary["published"]})
     return counts

@@ -41,11 +41,15 @@ def test_int8_backend_quantizes_linear_layers_and_keeps_meaning(fp32):
 
 def test_prefixes_are_applied(monkeypatch, fp32):
     seen = []
-    monkeypatch.setattr(fp32.model, "encode", lambda texts, **kw: seen.extend(texts) or np.zeros((len(texts), 384)))
+    def encode(inputs, **kw):
+        seen.extend((text, kw["task"], kw["prompt"]) for text in inputs)
+        return np.zeros((len(inputs), 384))
+
+    monkeypatch.setattr(fp32.model, "encode", encode)
     fp32.prefixes = type(fp32.prefixes)("query: ", "passage: ")
     fp32.encode(["a"], 1, "query")
     fp32.encode(["b"], 1, "passage")
-    assert seen == ["query: a", "passage: b"]
+    assert seen == [("query: a", "query", ""), ("passage: b", "document", "")]  # each on its route, no second prompt
 
 
 def test_max_seq_length_is_capped_by_the_model():

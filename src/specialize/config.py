@@ -190,11 +190,11 @@ class TrainConfig(StrictModel):
     passages_per_query: int = Field(20, ge=2, description="The teacher's top passages per query trained on.")
     types: list[str] | None = Field(None, min_length=1, description="Train only on the queries of these types (the ablation); None: every type.")
     max_queries: int | None = Field(None, ge=1, description="Train on a seeded sample of this many training queries; None: all of them.")
-    learning_rate: float | None = Field(None, gt=0, description="None: chosen by the student's parameter count (see README).")
+    learning_rate: float | None = Field(None, gt=0, description="None: chosen by the student's parameter count, doubled for the query side (see README).")
     weight_decay: float = Field(0.01, ge=0)
     warmup_epochs: float = Field(0.5, ge=0, description="Linear warmup over this many epochs, then linear decay to 0.")
     max_grad_norm: float = Field(1.0, gt=0)
-    epochs: float = Field(1.0, gt=0)
+    epochs: float | None = Field(None, gt=0, description="None: 1 for a full fine-tune, 3 for the query side.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(32, ge=1, description="Queries per optimizer step on each device (each with passages_per_query passages).")
     mini_batch_size: int | None = Field(

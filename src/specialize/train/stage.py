@@ -186,7 +186,7 @@ def train(
     passage_length = limit if config.mode == "query" else min(config.passage_max_length, limit)  # query: as cached
     embedding = Embedding(student.prefixes, (min(config.query_max_length, limit), passage_length))
     parameters = sum(p.numel() for p in model.parameters())
-    args.learning_rate = config.learning_rate or default_learning_rate(parameters)
+    args.learning_rate = config.learning_rate or default_learning_rate(parameters, config.mode)
     args.warmup_steps = warmup_steps(config, len(data.train), args.world_size)
     prepare_checkpoints(workdir / CHECKPOINTS, run_key(config, embedding.prefixes, workdir), config.resume, args.process_index == 0)
     if config.mode == "query":
@@ -255,7 +255,7 @@ def hyperparameters(config: TrainConfig, args, embedding: Embedding, cached: boo
     """The settings a reader of the model card needs, as the trainer used them."""
     return {
         "learning_rate": args.learning_rate,
-        "learning_rate_source": "set" if config.learning_rate else "default for its parameter count",
+        "learning_rate_source": "set" if config.learning_rate else "default for its parameter count and mode",
         "batch_size": config.batch_size,
         "mini_batch_size": config.mini_batch_size if cached else None,
         "passages_per_query": config.passages_per_query,

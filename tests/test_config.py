@@ -9,9 +9,10 @@ from specialize.config import Config, load_config, parse_assignment, write_resol
 from specialize.errors import SpecializeError
 
 
-def test_defaults_follow_the_papers():
+def test_defaults_follow_the_papers_or_our_measurements():
     cfg = Config()
-    assert (cfg.train.teacher_temperature, cfg.train.student_temperature) == (0.3, 0.05)
+    # The teacher temperature (papers: 0.3) and the query side are ours by measurement (benchmarks/results/query_side.md).
+    assert (cfg.train.teacher_temperature, cfg.train.student_temperature, cfg.train.mode) == (0.05, 0.05, "query")
     assert (cfg.train.infonce_weight, cfg.train.infonce_temperature, cfg.train.false_negative_ratio) == (0.1, 0.01, 0.6)
     assert cfg.label.list_size == 20 and cfg.label.dev_fraction == 0.1 and cfg.label.seed == 42
     assert cfg.mine.rrf_k == 60 and cfg.mine.roundtrip_depth == 20

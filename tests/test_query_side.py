@@ -150,4 +150,4 @@ def test_the_query_side_defaults_to_twice_the_rate_and_three_epochs():
     from specialize.train.recipe import default_learning_rate, epochs
 
     assert default_learning_rate(22_700_000, "query") == 1e-4 and default_learning_rate(22_700_000) == 5e-5
-    assert epochs(TrainConfig(mode="query")) == 3 and epochs(TrainConfig()) == 1 and epochs(TrainConfig(mode="query", epochs=0.5)) == 0.5
+    assert epochs(TrainConfig()) == 3 and epochs(TrainConfig(mode="full")) == 1 and epochs(TrainConfig(epochs=0.5)) == 0.5

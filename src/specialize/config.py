@@ -168,8 +168,8 @@ class TrainConfig(StrictModel):
 
     student: str = Field("bundled:minilm", description="The model to specialize: HF id, path or bundled:<alias>.")
     mode: Literal["full", "query"] = Field(
-        "full", description="full: fine-tune the whole student (the corpus is embedded again afterwards); query: train only the "
-        "query encoder against the base model's cached corpus embeddings (no passage is encoded in training, every document vector stays valid).",
+        "query", description="query (measured default): train only the query encoder against the base model's cached corpus embeddings "
+        "(no passage is encoded in training, every document vector stays valid); full: fine-tune the whole student (the corpus is embedded again).",
     )
     corpus_negatives: bool = Field(
         True, description="query mode: the contrastive term takes every corpus passage as a negative (their vectors are cached); false: the batch's passages.",
@@ -177,7 +177,9 @@ class TrainConfig(StrictModel):
     loss: Literal["listwise", "infonce", "marginmse"] = Field(
         "listwise", description="listwise: KL + 0.1 x masked InfoNCE (the papers'); infonce and marginmse: baselines."
     )
-    teacher_temperature: float = Field(0.3, gt=0, description="Softmax temperature of the teacher's [0, 1] scores.")
+    teacher_temperature: float = Field(
+        0.05, gt=0, description="Softmax temperature of the teacher's [0, 1] scores (measured: 0.05; the papers' 0.3, set for cross-encoder logits, flattens them).",
+    )
     student_temperature: float = Field(
         0.05, gt=0, description="Softmax temperature of the student's cosines (also the infonce baseline's temperature)."
     )

@@ -151,3 +151,17 @@ def test_the_query_side_defaults_to_twice_the_rate_and_three_epochs():
 
     assert default_learning_rate(22_700_000, "query") == 1e-4 and default_learning_rate(22_700_000) == 5e-5
     assert epochs(TrainConfig()) == 3 and epochs(TrainConfig(mode="full")) == 1 and epochs(TrainConfig(epochs=0.5)) == 0.5
+
+
+def test_a_kept_base_in_query_mode_is_the_base_on_both_routes_and_shares_its_embeddings(tmp_path, lists_dir):  # noqa: F811
+    from sentence_transformers import SentenceTransformer
+
+    work = workdir_with(lists_dir, tmp_path / "w")
+    counts = train(work, tiny(mode="query", max_steps=1))  # 4 held-out queries: the gate cannot tell and keeps the base
+    assert counts["published"] == "base"
+    folder = work / "models" / "student"
+    model, base = SentenceTransformer(str(folder)), SentenceTransformer(resolve_model("bundled:minilm"))
+    claims = [row.query for row in read_lists(work / "dev.jsonl", 3)]
+    assert np.allclose(model.encode_query(claims), base.encode(claims), atol=1e-6)
+    assert np.array_equal(model.encode_document(passages(work)), base.encode(passages(work)))
+    assert load_encoder(str(folder)).fingerprint == model_fingerprint("bundled:minilm")

@@ -1,4 +1,4 @@
-"""The model card: our facts (base model, teacher, loss, data, dev check, evaluation) atop sentence-transformers' card."""
+"""The model card: our facts (base model, mode, teacher, loss, data, the publish gate, evaluation) atop sentence-transformers' card."""
 
 from __future__ import annotations
 

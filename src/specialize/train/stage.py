@@ -1,11 +1,12 @@
-"""The train stage: fine-tune the student on the teacher's lists; publish it only if it ranks the dev lists better.
+"""The train stage: train the student (query side or in full) on the teacher's lists; publish it only if the gate says so.
 
 sentence-transformers' ``SentenceTransformerTrainer`` (the Hugging Face Trainer) does the training:
 AdamW, warmup then linear decay, gradient clipping, bf16/fp16, DDP under ``torchrun`` or
 ``accelerate launch``, checkpoints and resuming, early stopping on the dev loss with the best
 checkpoint loaded at the end, its progress bar, logging integrations (TensorBoard, W&B... when
 installed) and the model card. ``recipe`` sets it up (loss, learning rate, arguments, collator);
-this module reads the data, guards resuming, and runs the safety check before publishing.
+this module reads the data, guards resuming, builds the query-side model (the trained query encoder and the
+frozen base as its document route), and runs the publish gate (``gate``) before publishing.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class TrainingData:
 
 @dataclass(frozen=True)
 class Embedding:
-    """How queries and passages are embedded, in training and in the dev check."""
+    """How queries and passages are embedded, in training."""
 
     prefixes: Prefixes
     max_lengths: tuple[int, int]
@@ -241,8 +242,11 @@ def train(
         }
         stderr.print(f"[bold]train[/bold]: {summary['verdict']}", highlight=False, soft_wrap=True)
         if summary["published"] == "base":
-            base = load_encoder(config.student, "torch", None, overrides).model if frozen is None else frozen.model
-            save_model(base, embedding.prefixes, staging)
+            base = load_encoder(config.student, "torch", None, overrides).model
+            if frozen is None:
+                save_model(base, embedding.prefixes, staging)
+            else:  # the base on both routes: its corpus embeddings stay shared, nothing is embedded again
+                save_model(frozen.with_query_route(base), embedding.prefixes, staging, config.student)
         add_to_card(staging, card_section(summary, workdir))
         replace_folder(staging, final)
         write_json(workdir / LOG, state.log_history)

@@ -49,13 +49,6 @@ def read_lists(path: Path, min_size: int) -> list[ScoredList]:
     return rows
 
 
-def read_sources(path: Path) -> dict[str, str | None]:
-    """Each query's source passage id from ``queries.jsonl`` (None: a user's query); empty when there is no such file."""
-    if not path.is_file():
-        return {}
-    return {record["qid"]: record.get("source_id") for _, record in iter_jsonl(path) if isinstance(record.get("qid"), str)}
-
-
 def check_docs(path: Path, rows: Iterable[ScoredList], known: Container[str]) -> None:
     """Stop at the first row of ``path`` naming a passage that is not in the corpus."""
     for row in rows:

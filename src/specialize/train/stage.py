@@ -27,7 +27,7 @@ from specialize.artifacts import finished_with_key, fingerprint, write_json
 from specialize.config import PrefixConfig, TrainConfig
 from specialize.encoder import encode_corpus, load_encoder
 from specialize.errors import SpecializeError
-from specialize.mine import read_corpus
+from specialize.mine import read_corpus, read_queries
 from specialize.models import Prefixes, model_prefixes, record_document_route
 from specialize.progress import stderr
 from specialize.train.cached import CachedLoss
@@ -38,7 +38,6 @@ from specialize.train.data import (
     list_dataset,
     query_side_dataset,
     read_lists,
-    read_sources,
     training_subset,
     type_counts,
 )
@@ -277,7 +276,9 @@ def hyperparameters(config: TrainConfig, args, embedding: Embedding, cached: boo
 
 def run_gate(config: TrainConfig, candidate: Path, data: TrainingData, workdir: Path, overrides: Mapping[str, Any]) -> GateResult:
     """The publish gate (see ``specialize.train.gate``) for the model saved at ``candidate`` against the base student."""
-    qrels = held_out_qrels(data.dev, read_sources(workdir / "queries.jsonl"))
+    queries = workdir / "queries.jsonl"  # absent when lists were written by hand: the teacher's top is then relevant
+    sources = {query["qid"]: query["source_id"] for query in read_queries(queries)} if queries.is_file() else {}
+    qrels = held_out_qrels(data.dev, sources)
     corpus = read_corpus(workdir / "corpus.jsonl")
     scores = {
         name: retrieval_ndcg(load_encoder(model, "torch", None, dict(overrides)), data.dev, qrels, corpus) if data.dev else {}

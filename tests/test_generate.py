@@ -125,6 +125,36 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(gemma_run, one_per_typ
     assert not list(broken.glob(".generations.jsonl.*.partial"))
 
 
+def test_prompts_sharing_a_prefix_give_the_same_text_in_any_order_and_evaluate_it_once(gemma, one_per_type):
+    """The llama.cpp backend evaluates a prefix once for the prompts that share it, and a seed gives
+    the same text whatever ran before: alone, after its neighbours, after a judge call."""
+    question = BUNDLED["question"]
+    from specialize.generate.prompts import build_messages
+
+    prefix = build_messages(question, "", 42, "group-0", 1)
+    prompts = [build_messages(question, passage_text(doc)[:200], 42, "group-0", 1) for doc in one_per_type[:3]]
+    options = {"temperature": 0.8, "max_new_tokens": 8, "accept": lambda index, reply: True, "attempts": 1}
+    evaluated = []
+    inner_eval = gemma.llm.eval
+    gemma.llm.eval = lambda tokens: (evaluated.append(len(tokens)), inner_eval(tokens))[1]
+    try:
+        shared = gemma.sample_until(prompts, seeds=[1, 2, 3], prefixes=[prefix] * 3, **options)
+        shared_tokens = sum(evaluated)
+        evaluated.clear()
+        alone = gemma.sample_until(prompts, seeds=[1, 2, 3], **options)
+        alone_tokens = sum(evaluated)
+        gemma.yes_no([prompts[0]])  # the judge leaves other text in the cache
+        backwards = gemma.sample_until(prompts[::-1], seeds=[3, 2, 1], prefixes=[prefix] * 3, **options)[::-1]
+    finally:
+        del gemma.llm.eval
+    lengths = [len(gemma.render(messages)) for messages in prompts]
+    head = len(gemma.render(prefix))
+    assert shared == backwards and all(len(tried) == 1 for tried in shared)
+    assert alone_tokens >= sum(lengths)  # each prompt from scratch
+    # The prefix (all but the last few tokens of the empty-passage prompt) once, then each prompt's rest.
+    assert sum(lengths) - 2 * (head - 5) <= shared_tokens < sum(lengths) - 2 * (head - 20)
+
+
 # --- cleaning, with a scripted LLM --------------------------------------------------------------
 
 
@@ -181,7 +211,11 @@ def test_cleaning_keeps_the_query_and_counts_every_drop_by_reason_and_type(tmp_p
             assert counts[f"dropped_{reason}_{kind}"] == expected, (reason, kind)
     assert [call[0] for call in llm.calls] == [4, 4, 2]
     assert all(call[1:3] == (0.8, 50) for call in llm.calls)
-    assert [seed for call in llm.calls for seed in call[3]] == [passage_seed(42, doc["_id"]) for doc in docs]
+    # One example group (32 passages): the prompts of one type one after the other, in passage order within a type.
+    by_type = sorted(docs, key=lambda doc: ["question", "msmarco"].index(kinds[doc["_id"]]))
+    assert [seed for call in llm.calls for seed in call[3]] == [passage_seed(42, doc["_id"]) for doc in by_type]
+    assert [row["source_id"] for row in _lines(work / "generations.jsonl")] == [doc["_id"] for doc in by_type]
+    assert [q["source_id"] for q in queries] == [doc["_id"] for doc in docs if doc["_id"] in {q["source_id"] for q in queries}]
 
     # Only a cleaning threshold changed: the replies are cleaned again, no model is asked.
     stricter = generate(work, config.model_copy(update={"min_chars": 30}), llm=Scripted({}))
@@ -213,6 +247,59 @@ class Flaky:
             copies = title in self.stubborn or (first and title in self.bad)
             replies.append(passage if copies else f"what does the {title} passage say, attempt seed {seed}")
         return replies
+
+
+class Asking(Scripted):
+    """A scripted LLM that also records each prompt and the prefix it was said to share."""
+
+    def __init__(self, reply="what do octopus arms hold"):
+        super().__init__({})
+        self.reply, self.asked = reply, []
+
+    def sample_until(self, prompts, *, temperature, max_new_tokens, seeds, accept, attempts, prefixes=None):
+        self.asked += list(zip(prompts, prefixes))
+        return [[f"{self.reply} {seed}"] for seed in seeds]
+
+
+def test_a_group_of_passages_shows_one_draw_of_examples_per_type(tmp_path):
+    docs = [{"_id": f"d{number}", "title": f"T{number}", "text": OCTOPUS} for number in range(12)]
+    work = _write_passages(tmp_path / "groups", docs)
+    config = GenerateConfig(types=["question", "keywords"], few_shot_group=6, block=4, retries=0)
+    llm = Asking()
+    generate(work, config, llm=llm)
+    kinds = dict(zip((doc["_id"] for doc in docs), assign_types([doc["_id"] for doc in docs], config.types, [0.5, 0.5], 42)))
+    asked = [(messages[-1]["content"].rsplit("Passage: T", 1)[1].split(".")[0], messages, prefix) for messages, prefix in llm.asked]
+    assert sorted(int(number) for number, _, _ in asked) == list(range(12))
+    for number, messages, prefix in asked:
+        # The prefix is the prompt with its passage left empty, and the prompt starts with all of it but the end.
+        assert messages[0] == prefix[0] and messages[1]["content"].startswith(prefix[1]["content"].split("Passage: ")[0])
+    shown = {(int(number) // 6, kinds[f"d{number}"]): set() for number, _, _ in asked}
+    for number, messages, _ in asked:
+        shown[(int(number) // 6, kinds[f"d{number}"])].add(messages[1]["content"].split("Passage: T")[0])
+    assert all(len(texts) == 1 for texts in shown.values())  # one draw per group and type
+    assert len({next(iter(texts)) for texts in shown.values()}) == len(shown)  # each group and type its own
+    # Within a group, the prompts of one type follow each other.
+    groups = [[kinds[f"d{number}"] for number, _, _ in asked[start : start + 6]] for start in (0, 6)]
+    assert all(order == sorted(order, key=config.types.index) for order in groups)
+
+    # A draw per passage with few_shot_group 1: another key, and the prompts of a type differ.
+    single = Asking()
+    generate(_write_passages(tmp_path / "single", docs), config.model_copy(update={"few_shot_group": 1}), llm=single)
+    question = [messages[1]["content"].split("Passage: T")[0] for messages, _ in single.asked if "question" in messages[0]["content"]]
+    assert len(set(question)) > 1
+
+
+def test_a_generations_file_that_does_not_answer_each_passage_once_is_an_error(tmp_path):
+    docs = [{"_id": f"d{number}", "title": f"T{number}", "text": OCTOPUS} for number in range(3)]
+    work = _write_passages(tmp_path, docs)
+    config = GenerateConfig(types=["question"], retries=0)
+    generate(work, config, llm=Asking())
+    rows = (work / "generations.jsonl").read_text().splitlines()
+    for broken, message in ((rows[:2], "no reply to passage 'd2'"), ([*rows, rows[0]], r"generations.jsonl:4: a second reply to passage 'd0'"),
+                            ([*rows, rows[0].replace('"d0"', '"d9"')], r"generations.jsonl:4: a reply to passage 'd9', which passages.jsonl")):
+        (work / "generations.jsonl").write_text("".join(row + "\n" for row in broken))
+        with pytest.raises(SpecializeError, match=message):
+            generate(work, config.model_copy(update={"min_chars": 6}), llm=Asking())
 
 
 def test_retries_resample_rejected_replies_and_count_what_they_recover(tmp_path):

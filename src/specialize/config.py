@@ -83,6 +83,10 @@ class GenerateConfig(StrictModel):
     type_weights: dict[str, float] | None = Field(None, description="Relative weight per type; None: uniform.")
     prompts: list[str] = Field(default_factory=list, description="Extra prompt-type YAML files or folders (new types, extra examples).")
     few_shot: int = Field(3, ge=0, description="Examples drawn from the bank per prompt.")
+    few_shot_group: int = Field(
+        32, ge=1, description="Consecutive passages (in passages.jsonl order) whose prompts of one type show the same drawn "
+        "examples, so that they share everything before the passage and llama.cpp or vLLM reads it once; 1: a draw per passage.",
+    )
     temperature: float = Field(0.8, ge=0)
     max_new_tokens: int = Field(50, ge=1)
     passage_tokens: int = Field(384, ge=16, description="The passage is cut to this many tokens in the prompt.")

@@ -13,8 +13,11 @@ Two steps, like label's scoring and filtering:
    queries written to ``queries.jsonl`` atomically. With ``retries: 0``, when only the cleaning
    thresholds change, step 1 is reused and no model is loaded.
 
-Everything random is fixed by (seed, passage id): the type, the few-shot examples and the
-sampling seeds, so a resumed or grown run writes what an uninterrupted one would.
+Everything random is fixed by the seed and the passage: its type and sampling seed by its id, its
+few-shot examples by its type and its group of ``few_shot_group`` consecutive passages, so a resumed
+run writes what an uninterrupted one would. Within a group the prompts of one type run one after
+the other: they share everything before the passage, which llama.cpp then evaluates once per group
+and type (vLLM's prefix cache does the same), and ``generations.jsonl`` is in that order.
 
 With ``queries`` set (the user's own queries file) there is no LLM and no step 1: the file's
 queries are written to ``queries.jsonl`` as they are, with no source passage (``source_id``
@@ -45,7 +48,7 @@ from specialize.progress import progress_bar
 # Cleaning's reasons; a reply that repeats a bank example, or a run of words of its prompt.
 REASONS = (*DROP_REASONS, "copies_example", "copies_prompt")
 USER_TYPE = "user"  # the type of a user's query whose file gives none
-GENERATION_FIELDS = {"few_shot", "temperature", "max_new_tokens", "passage_tokens", "seed", "retries"}
+GENERATION_FIELDS = {"few_shot", "few_shot_group", "temperature", "max_new_tokens", "passage_tokens", "seed", "retries"}
 CHECK_FIELDS = {"min_chars", "max_chars", "max_copied_words", "max_copied_prompt_words"}  # what decides a retry
 LLM_FIELDS = {"backend", "chat_template", "context_tokens", "batch_size"}  # those that can change the text
 
@@ -58,6 +61,11 @@ def query_id(source_id: str) -> str:
 def passage_seed(seed: int, source_id: str) -> int:
     """The sampling seed of one passage's prompt, fixed by (seed, passage id), in [0, 2**31)."""
     return random.Random(f"{seed}\x1fgenerate\x1f{source_id}").getrandbits(31)
+
+
+def example_key(position: int, config: GenerateConfig) -> str:
+    """What draws the few-shot examples of the passage at ``position`` in passages.jsonl, with the seed and the type: its group."""
+    return f"group-{position // config.few_shot_group}"
 
 
 def passage_text(record: Mapping[str, Any], with_title: bool = True) -> str:
@@ -110,7 +118,11 @@ class Mixture:
         # A reply repeating a few-shot example is not a query of its passage.
         self.example_queries = {normalize_query(example.query) for prompt in self.prompts.values() for example in prompt.examples}
 
-    def check(self, raw: str, passage: Mapping[str, Any], kind: str, config: GenerateConfig) -> tuple[str | None, str | None]:
+    def instructions(self, kind: str, key: str, config: GenerateConfig) -> Messages:
+        """The prompt of a type and example group without its passage: what the group's prompts of that type share."""
+        return build_messages(self.prompts[kind], "", config.seed, key, config.few_shot)
+
+    def check(self, raw: str, passage: Mapping[str, Any], kind: str, key: str, config: GenerateConfig) -> tuple[str | None, str | None]:
         """(query, None) for a usable reply, else (None, drop reason); duplicates are the caller's."""
         query, reason = clean_query(raw, passage_text(passage), min_chars=config.min_chars,
                                     max_chars=config.max_chars, max_copied_words=config.max_copied_words)
@@ -118,8 +130,8 @@ class Mixture:
             return None, reason
         if normalize_query(query) in self.example_queries:
             return None, "copies_example"
-        # The prompt without its passage: the instructions and the examples drawn for this passage.
-        instructions = build_messages(self.prompts[kind], "", config.seed, passage["_id"], config.few_shot)
+        # The prompt without its passage: the instructions and the examples shown with it.
+        instructions = self.instructions(kind, key, config)
         if shares_words(query, "\n".join(message["content"] for message in instructions), config.max_copied_prompt_words):
             return None, "copies_prompt"
         return query, None
@@ -140,12 +152,12 @@ def generations_key(config: GenerateConfig, generator: str, mixture: Mixture, pa
 
 
 def passage_messages(
-    record: Mapping[str, Any], kind: str, mixture: Mixture, config: GenerateConfig, count: Callable[[str], int] | None
+    record: Mapping[str, Any], kind: str, key: str, mixture: Mixture, config: GenerateConfig, count: Callable[[str], int] | None
 ) -> Messages:
-    """The chat messages for one passage and its type, the passage cut to ``passage_tokens`` by ``count``."""
+    """The chat messages for one passage, its type and example group, the passage cut to ``passage_tokens`` by ``count``."""
     prompt = mixture.prompts[kind]
     passage = truncate_passage(passage_text(record, prompt.passage_title), count, config.passage_tokens)
-    return build_messages(prompt, passage, config.seed, record["_id"], config.few_shot)
+    return build_messages(prompt, passage, config.seed, key, config.few_shot)
 
 
 def write_generations(workdir: Path, config: GenerateConfig, llm: LLM, mixture: Mixture, key: str, total: int) -> dict[str, int | float]:
@@ -153,35 +165,46 @@ def write_generations(workdir: Path, config: GenerateConfig, llm: LLM, mixture: 
     final = workdir / "generations.jsonl"
     partial, done = resume_partial(final, key, "source_id")
     count = token_counter(llm)
-    block: list[dict[str, Any]] = []
     started = time.perf_counter()
     # Transient: a backend failure (an unreachable server) then ends in its one-line error alone.
     bar = progress_bar(f"{llm.name} · generating", total=total - len(done), unit="queries", transient=True)
     with open(partial, "a", encoding="utf-8", newline="\n") as out, bar as advance:
 
-        def flush_block() -> None:
-            if not block:
-                return
-            types = assign_types([record["_id"] for record in block], mixture.names, mixture.probabilities, config.seed)
+        def run_block(block: list[tuple[dict[str, Any], str, str]]) -> None:
+            """Ask for one reply per (passage, type, example key) and append them, flushed."""
             replies = sample_until(
-                llm, [passage_messages(record, kind, mixture, config, count) for record, kind in zip(block, types)],
+                llm, [passage_messages(record, kind, group, mixture, config, count) for record, kind, group in block],
                 temperature=config.temperature, max_new_tokens=config.max_new_tokens,
-                seeds=[passage_seed(config.seed, record["_id"]) for record in block],
-                accept=lambda index, raw: mixture.check(raw, block[index], types[index], config)[0] is not None, attempts=1 + config.retries,
+                seeds=[passage_seed(config.seed, record["_id"]) for record, _, _ in block],
+                accept=lambda index, raw: mixture.check(raw, *block[index], config)[0] is not None, attempts=1 + config.retries,
+                prefixes=[mixture.instructions(kind, group, config) for _, kind, group in block],
             )
-            for record, kind, tried in zip(block, types, replies, strict=True):
+            for (record, kind, _), tried in zip(block, replies, strict=True):
                 row = {"qid": query_id(record["_id"]), "source_id": record["_id"], "type": kind, "raw": tried[-1], "rejected": tried[:-1]}
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
             out.flush()
             advance(len(block))
-            block.clear()
 
-        for record in read_passages(workdir / "passages.jsonl"):
+        def run_group(records: list[dict[str, Any]], group: str) -> None:
+            """The group's passages still to answer, the prompts of one type one after the other, ``block`` per call."""
+            types = assign_types([record["_id"] for record in records], mixture.names, mixture.probabilities, config.seed)
+            order = sorted(range(len(records)), key=lambda index: mixture.names.index(types[index]))  # stable: passage order within a type
+            work = [(records[index], types[index], group) for index in order]
+            for start in range(0, len(work), config.block):
+                run_block(work[start : start + config.block])
+
+        pending: list[dict[str, Any]] = []
+        current = ""
+        for position, record in enumerate(read_passages(workdir / "passages.jsonl")):
+            group = example_key(position, config)
+            if group != current and pending:
+                run_group(pending, current)
+                pending = []
+            current = group
             if record["_id"] not in done:
-                block.append(record)
-                if len(block) >= config.block:
-                    flush_block()
-        flush_block()
+                pending.append(record)
+        if pending:
+            run_group(pending, current)
         os.fsync(out.fileno())
     seconds = time.perf_counter() - started
     finish_partial(final, key)
@@ -194,17 +217,19 @@ def write_generations(workdir: Path, config: GenerateConfig, llm: LLM, mixture: 
 
 
 def _paired(workdir: Path) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """(passage, raw reply) pairs, in passage order; a generations file out of step is an error."""
+    """(passage, raw reply) pairs, in passage order; a generations file that does not answer each passage once is an error."""
     generations = workdir / "generations.jsonl"
-    replies = iter_jsonl(generations)
+    replies: dict[Any, tuple[int, dict[str, Any]]] = {}
+    for number, reply in iter_jsonl(generations):
+        if reply.get("source_id") in replies:
+            raise located(generations, number, f"a second reply to passage {reply.get('source_id')!r} (delete it and rerun)")
+        replies[reply.get("source_id")] = (number, reply)
     for passage in read_passages(workdir / "passages.jsonl"):
-        number, reply = next(replies, (None, None))
-        if reply is None or reply.get("source_id") != passage["_id"]:
-            raise located(generations, number, f"out of step with passages.jsonl at passage {passage['_id']!r} (delete it and rerun)")
-        yield passage, reply
-    number, extra = next(replies, (None, None))
-    if extra is not None:
-        raise located(generations, number, "has more replies than passages.jsonl has passages (delete it and rerun)")
+        if passage["_id"] not in replies:
+            raise SpecializeError(f"{generations}: no reply to passage {passage['_id']!r} of passages.jsonl (delete it and rerun)")
+        yield passage, replies.pop(passage["_id"])[1]
+    for number, reply in replies.values():
+        raise located(generations, number, f"a reply to passage {reply.get('source_id')!r}, which passages.jsonl does not hold (delete it and rerun)")
 
 
 def clean_generations(workdir: Path, config: GenerateConfig, generator: str, mixture: Mixture) -> dict[str, int]:
@@ -213,9 +238,9 @@ def clean_generations(workdir: Path, config: GenerateConfig, generator: str, mix
     deduper = QueryDeduper()
 
     def records() -> Iterator[dict[str, Any]]:
-        for passage, reply in _paired(workdir):
+        for position, (passage, reply) in enumerate(_paired(workdir)):
             kind = reply["type"]
-            query, reason = mixture.check(reply["raw"], passage, kind, config)
+            query, reason = mixture.check(reply["raw"], passage, kind, example_key(position, config), config)
             if query is not None:
                 reason = deduper.check(query)
             counts[f"generated_{kind}"] += 1

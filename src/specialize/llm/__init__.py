@@ -59,18 +59,21 @@ def retry_seed(seed: int, attempt: int) -> int:
 
 def sample_until(
     llm: LLM, prompts: Sequence[Messages], *, temperature: float, max_new_tokens: int, seeds: Sequence[int],
-    accept: Callable[[int, str], bool], attempts: int,
+    accept: Callable[[int, str], bool], attempts: int, prefixes: Sequence[Messages] | None = None,
 ) -> list[list[str]]:
     """Up to ``attempts`` replies per prompt, stopping at the first that ``accept(index, reply)`` takes.
 
     Each prompt's list ends with the reply to use (the accepted one, or the last rejected); attempt k
     is seeded with ``retry_seed(seed, k)``. A backend with its own ``sample_until`` runs it (llama.cpp:
-    the prompt stays in the KV cache, so a retry costs only its new tokens); the others get the
-    prompts still rejected back as one batch per attempt (vLLM's prefix cache makes that cheap).
+    the prompt stays in the KV cache, so a retry costs only its new tokens; ``prefixes[i]``, prompt i
+    with its variable part left empty, names the prefix it shares with its neighbours, which
+    llama.cpp evaluates once); the others get the prompts still rejected back as one batch per
+    attempt (vLLM's prefix cache makes that cheap, and finds shared prefixes by itself).
     """
     native = getattr(llm, "sample_until", None)
     if native is not None:
-        return native(prompts, temperature=temperature, max_new_tokens=max_new_tokens, seeds=seeds, accept=accept, attempts=attempts)
+        return native(prompts, temperature=temperature, max_new_tokens=max_new_tokens, seeds=seeds, accept=accept, attempts=attempts,
+                      prefixes=prefixes)
     replies = [[reply] for reply in llm.generate(prompts, temperature=temperature, max_new_tokens=max_new_tokens, seeds=seeds)]
     for attempt in range(1, attempts):
         redo = [index for index, tried in enumerate(replies) if not accept(index, tried[-1])]

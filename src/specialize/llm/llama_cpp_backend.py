@@ -1,10 +1,11 @@
 """llama.cpp through llama-cpp-python: GGUF models on CPU (or Metal/CUDA builds), the CPU default.
 
 Prompts are rendered with the GGUF's own chat template (or ``llm.chat_template``) by
-llama-cpp-python's Jinja formatter. Generation samples with ``create_completion``; the judge
-evaluates the prompt itself so that the key-value cache of the prefix shared with the previous
-prompt (system text and query, since the judge puts the query first) is kept and only the rest
-is decoded.
+llama-cpp-python's Jinja formatter. Generation samples with ``create_completion`` after
+evaluating the prompt's prefix (instructions and examples, shared by a group of prompts) once; the
+judge evaluates the prompt itself so that the key-value cache of the prefix shared with the
+previous prompt (system text and query, since the judge puts the query first) is kept and only
+the rest is decoded.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class LlamaCppBackend:
             raise SpecializeError(f"{model}: the GGUF has no chat template (use an instruct model, or set llm.chat_template)")
         special = lambda token: self.llm.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""  # noqa: E731
         self.formatter = Jinja2ChatFormatter(template, eos_token=special(self.llm.token_eos()), bos_token=special(self.llm.token_bos()))
+        self._prefix: list[int] = []  # the prompt prefix that sample_until left evaluated in the KV cache
         self.yes_ids, self.no_ids = answer_token_ids(lambda word: self.llm.tokenize(word.encode(), add_bos=False, special=False))
 
     def count_tokens(self, text: str) -> int:
@@ -75,19 +77,23 @@ class LlamaCppBackend:
 
     def sample_until(
         self, prompts: Sequence[Messages], *, temperature: float, max_new_tokens: int, seeds: Sequence[int],
-        accept: Callable[[int, str], bool], attempts: int,
+        accept: Callable[[int, str], bool], attempts: int, prefixes: Sequence[Messages] | None = None,
     ) -> list[list[str]]:
         """``specialize.llm.sample_until``, one prompt at a time.
 
-        Each prompt is decoded from scratch: a reused prefix changes the logits slightly (other
-        kernels run on a shorter batch), which would make a seed give different text. Its retries
-        follow at once and keep it in the KV cache (llama.cpp re-decodes only its last token), so a
-        retry costs its new tokens alone and still gives the same text for the same seed.
+        A prompt is decoded in two steps: its prefix (the tokens it shares with the rendering of
+        ``prefixes[i]``; none without prefixes), evaluated on its own from an empty cache, then the
+        rest on top. The prefix stays in the KV cache, so the next prompt with the same prefix
+        decodes only its rest. A prefix reused at another length, or a prompt decoded on top of
+        whatever came before, would change the logits slightly (other kernels run on other batch
+        sizes) and a seed would give other text; these two steps are the same whatever ran before.
+        Retries follow at once and keep the prompt in the KV cache (llama.cpp re-decodes only its
+        last token), so a retry costs its new tokens alone and still gives the same text for the same seed.
         """
         out = []
         for index, (messages, seed) in enumerate(zip(prompts, seeds, strict=True)):
             tokens = self.render(messages)
-            self.llm.reset()
+            self._hold_prefix(tokens[: self._shared_length(tokens, prefixes[index])] if prefixes else [])
             tried: list[str] = []
             for attempt in range(attempts):
                 result = self.llm.create_completion(tokens, temperature=temperature, max_tokens=max_new_tokens, seed=retry_seed(seed, attempt))
@@ -97,6 +103,24 @@ class LlamaCppBackend:
             out.append(tried)
         return out
 
+    def _shared_length(self, tokens: list[int], prefix: Messages) -> int:
+        """How many of ``tokens`` the rendering of ``prefix`` starts with."""
+        shared = 0
+        for ours, theirs in zip(tokens, self.render(prefix)):
+            if ours != theirs:
+                break
+            shared += 1
+        return shared
+
+    def _hold_prefix(self, prefix: list[int]) -> None:
+        """Leave exactly ``prefix`` in the KV cache, evaluated on its own from an empty cache (kept when it is there already)."""
+        if not prefix or prefix != self._prefix:
+            self.llm.reset()
+            if prefix:
+                self.llm.eval(prefix)
+            self._prefix = prefix
+        self.llm.n_tokens = len(prefix)
+
     def yes_no(self, prompts: Sequence[Messages]) -> list[float]:
         """Next-token log-odds of yes vs no, decoding only what differs from the previous prompt."""
         return [log_odds(self.next_token_logits(self.render(messages)), self.yes_ids, self.no_ids) for messages in prompts]
@@ -105,6 +129,7 @@ class LlamaCppBackend:
         """Logits of the token after ``tokens``, reusing the cached prefix shared with the last call."""
         if len(tokens) >= self.llm.n_ctx():
             raise SpecializeError(f"{self.name}: a judge prompt of {len(tokens)} tokens exceeds the context ({self.llm.n_ctx()}); raise llm.context_tokens")
+        self._prefix = []  # the cache is about to hold other text
         cached = self.llm.input_ids[: self.llm.n_tokens]
         shared = 0
         limit = min(len(cached), len(tokens) - 1)  # at least one token must be decoded to get fresh logits

@@ -71,14 +71,18 @@ def test_filter_normalize_split_by_hand(tmp_path):
 
     # All 14 raw scores span 0..9, so lo = 0, hi = 9; tops 3/9, 5/9, 2/9 -> floor (median) 3/9 drops q5.
     assert (counts["score_low"], counts["score_high"], counts["top_score_floor"]) == (0.0, 9.0, round(3 / 9, 6))
-    assert counts["labelled"] == 5 and counts["kept"] == 2 and counts["train"] == counts["dev"] == 1
+    # Held out before the filters: the kept q1, q2 and the sourced q4, q5 whose teacher disagreed (not the short q3).
+    dev = dev_split(["q1", "q2", "q4", "q5"], 0.5, 42)
+    assert counts["labelled"] == 5 and counts["kept"] == 2 and counts["dev"] == len(dev) == 2
+    assert counts["train"] == len({"q1", "q2"} - dev) and "q3" not in dev
     assert counts["dropped_short_list"] == counts["dropped_source_not_first"] == counts["dropped_low_top_score"] == 1
     assert counts["dropped_source_not_first_keywords"] == 1 and counts["dropped_low_top_score_claim"] == 1
     assert counts["kept_claim"] == 2 and counts["kept_keywords"] == 0
     rows = {row["qid"]: row for row in _lines(tmp_path / "train.jsonl") + _lines(tmp_path / "dev.jsonl")}
     assert rows["q1"] == {"qid": "q1", "query": "text q1", "type": "claim", "doc_ids": ["b", "c"], "scores": pytest.approx([3 / 9, 2 / 9])}
     assert rows["q2"]["doc_ids"] == ["d", "e"] and rows["q2"]["scores"] == pytest.approx([5 / 9, 4 / 9])
-    assert {row["qid"] for row in _lines(tmp_path / "dev.jsonl")} == dev_split(["q1", "q2"], 0.5, 42)
+    assert {row["qid"] for row in _lines(tmp_path / "dev.jsonl")} == dev
+    assert {row["qid"] for row in _lines(tmp_path / "train.jsonl")} == {"q1", "q2"} - dev
 
 
 # --- teacher specs and the ensemble ---------------------------------------------------------
@@ -209,7 +213,8 @@ def test_default_ensemble_labels_the_slice(workdir, tmp_path):
     assert all(r["doc_ids"] == c["doc_ids"] and len(r["scores"]) == len(r["doc_ids"]) for r, c in zip(labels, candidates))
     assert all(0 <= s <= 1 for r in labels for s in r["scores"])  # percentile ranks
     train, dev = _lines(tmp_path / "train.jsonl"), _lines(tmp_path / "dev.jsonl")
-    assert counts["kept"] == len(train) + len(dev) >= 10 and counts["labelled"] == len(labels)
+    assert counts["train"] == len(train) and counts["dev"] == len(dev) and counts["labelled"] == len(labels)
+    assert counts["kept"] >= 10 and len(train) <= counts["kept"] <= len(train) + len(dev)  # dev is drawn before the filters
     assert counts["kept"] + sum(counts[f"dropped_{r}"] for r in ("source_not_first", "short_list", "low_top_score")) == len(labels)
     for row in train + dev:
         assert set(row) == {"qid", "query", "type", "doc_ids", "scores"} and len(row["doc_ids"]) == 20
@@ -281,6 +286,7 @@ def test_cli_labels_skips_and_reports_one_line_errors(workdir, tmp_path):
     counts = manifest["counts"]
     assert set(manifest["outputs"]) == {"labels.jsonl", "train.jsonl", "dev.jsonl"}
     assert counts["train"] == len(_lines(tmp_path / "train.jsonl")) and counts["dev"] == len(_lines(tmp_path / "dev.jsonl"))
-    assert counts["dev"] == round(0.2 * counts["kept"]) and counts["kept"] >= 10
+    eligible = counts["labelled"] - counts["dropped_short_list"]  # every generated query has a source
+    assert counts["dev"] == round(0.2 * eligible) and counts["kept"] >= 10 and counts["train"] <= counts["kept"]
     again = cli(*args)
     assert again.returncode == 0 and "skipped" in again.stdout

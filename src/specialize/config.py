@@ -154,9 +154,12 @@ class LabelConfig(StrictModel):
     low_percentile: float = Field(1.0, ge=0, le=100, description="Normalization floor: this percentile of all raw scores maps to 0.")
     high_percentile: float = Field(99.0, ge=0, le=100, description="Normalization ceiling: this percentile of all raw scores maps to 1.")
     drop_below_percentile: float = Field(25.0, ge=0, le=100, description="Drop queries whose top normalized score is under this percentile of the top scores.")
-    dev_fraction: float = Field(0.1, ge=0, lt=1, description="Share of kept queries held out in dev.jsonl (the publish gate's queries); 0: none.")
+    dev_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of queries held out in dev.jsonl (the publish gate's queries), drawn before the filters "
+        "from the kept queries and every query with a source passage and a full list; 0: none.",
+    )
     dev_min_queries: int = Field(
-        50, ge=0, description="Hold out at least this many queries (when dev_fraction > 0), but never more than half of those kept.",
+        50, ge=0, description="Hold out at least this many queries (when dev_fraction > 0), but never more than half of those eligible.",
     )
     seed: int = 42
 

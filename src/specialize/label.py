@@ -211,12 +211,15 @@ def filter_and_split(workdir: Path, queries: Mapping[str, Mapping[str, Any]], co
     counts: Counter[str] = Counter()
     all_scores: list[np.ndarray] = []
     kept_top: dict[str, float] = {}
+    sourced: list[str] = []  # queries with a source passage and a full list: held-out candidates whatever the teacher says
     for _, record in iter_jsonl(labels):
         query = queries[record["qid"]]
         scores = np.asarray(record["scores"], dtype=np.float64)
         all_scores.append(scores)
         counts["labelled_no_source"] += query["source_id"] is None
         reason = list_filter(record["doc_ids"], record["scores"], query["source_id"], config)
+        if reason != "short_list" and query["source_id"] is not None:
+            sourced.append(record["qid"])
         if reason is not None:
             counts[f"dropped_{reason}_{query['type']}"] += 1
         else:
@@ -227,19 +230,21 @@ def filter_and_split(workdir: Path, queries: Mapping[str, Mapping[str, Any]], co
     kept = [qid for qid, top in tops.items() if top >= floor]
     for qid in tops.keys() - set(kept):
         counts[f"dropped_low_top_score_{queries[qid]['type']}"] += 1
-    dev = dev_split(kept, config.dev_fraction, config.seed, config.dev_min_queries)
     keep = set(kept)
+    # Held out before the filters: a query whose teacher disagrees with its source is as fair a test
+    # as one it finds easy (its source is the truth); a query without a source only when kept.
+    dev = dev_split(sorted(keep.union(sourced)), config.dev_fraction, config.seed, config.dev_min_queries)
     with atomic_path(workdir / "train.jsonl") as train_tmp, atomic_path(workdir / "dev.jsonl") as dev_tmp:
         with open(train_tmp, "w", encoding="utf-8", newline="\n") as train_out, open(dev_tmp, "w", encoding="utf-8", newline="\n") as dev_out:
             for _, record in iter_jsonl(labels):
-                if record["qid"] not in keep:
+                if record["qid"] not in keep and record["qid"] not in dev:
                     continue
                 query = queries[record["qid"]]
                 doc_ids, scores = top_list(record["doc_ids"], normalize(record["scores"], low, high).tolist(), config.list_size)
                 row = {"qid": record["qid"], "query": query["text"], "type": query["type"], "doc_ids": doc_ids, "scores": scores}
                 split = "dev" if record["qid"] in dev else "train"
                 (dev_out if split == "dev" else train_out).write(json.dumps(row, ensure_ascii=False) + "\n")
-                counts[f"kept_{query['type']}"] += 1
+                counts[f"kept_{query['type']}"] += record["qid"] in keep
                 counts[f"{split}_{query['type']}"] += 1
     types = sorted({q["type"] for q in queries.values()})
     outcomes = ["kept", "train", "dev", *(f"dropped_{reason}" for reason in DROP_REASONS)]

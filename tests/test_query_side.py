@@ -73,6 +73,33 @@ def test_the_published_model_shares_the_bases_corpus_embeddings_until_its_docume
         pooling.write_text(original)
 
 
+def test_the_linear_adapter_learns_only_its_map_and_publishes_a_plain_sentence_transformer(tmp_path, lists_dir):  # noqa: F811
+    from safetensors.torch import load_file
+    from sentence_transformers import SentenceTransformer
+
+    work = workdir_with(lists_dir, tmp_path / "w")
+    counts = train(work, tiny(**QUERY, adapter="linear"))
+    summary = json.loads((work / "train.json").read_text())
+    assert counts["steps"] == 2 and summary["hyperparameters"]["adapter"] == "linear"
+    assert summary["trained_parameters"] == 384 * 384 + 384 and summary["hyperparameters"]["learning_rate"] == 1e-3
+    folder = work / "models" / "student"
+    model = SentenceTransformer(str(folder))
+    base = SentenceTransformer(resolve_model("bundled:minilm"))
+    texts = passages(work)
+    assert np.array_equal(model.encode_document(texts), base.encode(texts))
+    # The query route's encoder is the base's, bit for bit; only the map moved away from zero.
+    (encoder,) = folder.glob("query_0_*")
+    weights, original = load_file(str(encoder / "model.safetensors")), load_file(f"{resolve_model('bundled:minilm')}/model.safetensors")
+    assert len(weights) > 50 and all(torch.equal(weights[key], original[key]) for key in weights)
+    (dense,) = folder.glob("query_3_Dense")
+    assert load_file(str(dense / "model.safetensors"))["linear.weight"].abs().max() > 0
+    claims = [row.query for row in read_lists(work / "dev.jsonl", 3)]
+    adapted = model.encode_query(claims)
+    assert not np.allclose(adapted, base.encode(claims), atol=1e-5) and np.allclose(np.linalg.norm(adapted, axis=1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="adapter 'linear' trains on the query side only"):
+        tiny(mode="full", adapter="linear")
+
+
 def test_training_sees_queries_and_corpus_rows_only(lists_dir):  # noqa: F811
     rows = read_lists(lists_dir / "train.jsonl", 3)
     position = {doc: i for i, doc in enumerate(sorted({d for row in rows for d in row.doc_ids}))}

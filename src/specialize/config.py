@@ -178,6 +178,10 @@ class TrainConfig(StrictModel):
         "query", description="query (measured default): train only the query encoder against the base model's cached corpus embeddings "
         "(no passage is encoded in training, every document vector stays valid); full: fine-tune the whole student (the corpus is embedded again).",
     )
+    adapter: Literal["none", "linear"] = Field(
+        "none", description="query mode: none trains the whole query encoder; linear freezes it too and learns only a residual "
+        "linear map on its embedding (d x d + d weights, zero at the start, so step 0 is the base).",
+    )
     corpus_negatives: bool = Field(
         True, description="query mode: the contrastive term takes every corpus passage as a negative (their vectors are cached); false: the batch's passages.",
     )
@@ -223,6 +227,12 @@ class TrainConfig(StrictModel):
     output: str = Field("models/student", description="Where the model is published, relative to the work directory.")
     report_to: str | list[str] = Field("all", description="Trainer loggers: all (every installed one: TensorBoard, W&B...), none, or a list.")
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _adapter_on_the_query_side(self) -> TrainConfig:
+        if self.adapter != "none" and self.mode != "query":
+            raise ValueError(f"adapter {self.adapter!r} trains on the query side only; set train.mode: query (or adapter: none)")
+        return self
 
 
 class EvaluateConfig(StrictModel):

@@ -1,4 +1,5 @@
-"""Query-side training: any list loss with the passages' fixed embeddings in place of an encoder pass."""
+"""Query-side training: any list loss with the passages' fixed embeddings in place of an encoder pass, and the
+linear adapter variant (the query encoder frozen too, a residual linear map on its embedding learned)."""
 
 from __future__ import annotations
 
@@ -67,3 +68,18 @@ class QuerySideLoss(nn.Module):
     @property
     def citation(self) -> str:
         return self.loss.citation
+
+
+def with_linear_adapter(model):
+    """``model`` frozen, then a trainable residual linear map on its embedding and a normalization.
+
+    The map (sentence-transformers' ``Dense`` with ``use_residual``: ``x + Wx + b``) starts at zero, so the
+    adapted model starts as the base; it has ``d × d + d`` weights (148k for a 384-dimensional MiniLM).
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
+
+    model.requires_grad_(False)
+    dim = model.get_embedding_dimension()
+    adapter = Dense(dim, dim, activation_function=nn.Identity(), init_weight=torch.zeros(dim, dim), init_bias=torch.zeros(dim), use_residual=True)
+    return SentenceTransformer(modules=[*model, adapter, Normalize()], device=str(model.device))

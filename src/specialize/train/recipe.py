@@ -30,8 +30,15 @@ EPOCHS = {"full": 1.0, "query": 3.0}
 """Epochs when ``train.epochs`` is not set, by mode (query side: three, measured; full: one, the papers')."""
 
 
-def default_learning_rate(parameters: int, mode: str = "full") -> float:
-    """The learning rate for a student of this many parameters (see ``LEARNING_RATES``), doubled for the query side."""
+ADAPTER_RATE = 1e-3
+"""The linear adapter's learning rate, whatever the student's size (chosen on held-out synthetic queries, query_side.md)."""
+
+
+def default_learning_rate(parameters: int, mode: str = "full", adapter: str = "none") -> float:
+    """The learning rate for a student of this many parameters (see ``LEARNING_RATES``), doubled for the query side;
+    ``ADAPTER_RATE`` for a linear adapter."""
+    if adapter == "linear":
+        return ADAPTER_RATE
     rate = next(rate for ceiling, rate in LEARNING_RATES if parameters < ceiling)
     return rate * QUERY_SIDE_RATE if mode == "query" else rate
 

@@ -42,6 +42,7 @@ from specialize.train.data import (
     type_counts,
 )
 from specialize.train.gate import GateResult, decide, held_out_qrels, retrieval_ndcg
+from specialize.train.query_side import with_linear_adapter
 from specialize.train.recipe import (
     build_loss,
     collator,
@@ -181,12 +182,12 @@ def train(
     overrides = {key: value.model_dump() for key, value in (prefixes or {}).items()}
     args = training_arguments(config, workdir / CHECKPOINTS, model_prefixes(config.student, overrides), bool(data.dev))
     student = load_encoder(config.student, "torch", None, overrides)  # after the arguments: on this process's device
-    model = student.model
+    model = with_linear_adapter(student.model) if config.adapter == "linear" else student.model
     limit = model.max_seq_length or max(config.query_max_length, config.passage_max_length)
     passage_length = limit if config.mode == "query" else min(config.passage_max_length, limit)  # query: as cached
     embedding = Embedding(student.prefixes, (min(config.query_max_length, limit), passage_length))
     parameters = sum(p.numel() for p in model.parameters())
-    args.learning_rate = config.learning_rate or default_learning_rate(parameters, config.mode)
+    args.learning_rate = config.learning_rate or default_learning_rate(parameters, config.mode, config.adapter)
     args.warmup_steps = warmup_steps(config, len(data.train), args.world_size)
     prepare_checkpoints(workdir / CHECKPOINTS, run_key(config, embedding.prefixes, workdir), config.resume, args.process_index == 0)
     if config.mode == "query":
@@ -210,6 +211,7 @@ def train(
     facts = {
         "student": config.student,
         "parameters": parameters,
+        "trained_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "teacher": teacher,
         "mode": config.mode,
         "loss": config.loss,
@@ -269,6 +271,7 @@ def hyperparameters(config: TrainConfig, args, embedding: Embedding, cached: boo
         "query_max_length": embedding.max_lengths[0],
         "passage_max_length": embedding.max_lengths[1],
         "corpus_negatives": config.corpus_negatives if config.mode == "query" else None,
+        "adapter": config.adapter if config.mode == "query" else None,
         "precision": resolve_precision(config.precision),
         "seed": config.seed,
     }

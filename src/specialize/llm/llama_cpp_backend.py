@@ -93,7 +93,8 @@ class LlamaCppBackend:
         out = []
         for index, (messages, seed) in enumerate(zip(prompts, seeds, strict=True)):
             tokens = self.render(messages)
-            self._hold_prefix(tokens[: self._shared_length(tokens, prefixes[index])] if prefixes else [])
+            shared = self.llm.longest_token_prefix(tokens, self.render(prefixes[index])) if prefixes else 0
+            self._hold_prefix(tokens[:shared])
             tried: list[str] = []
             for attempt in range(attempts):
                 result = self.llm.create_completion(tokens, temperature=temperature, max_tokens=max_new_tokens, seed=retry_seed(seed, attempt))
@@ -102,15 +103,6 @@ class LlamaCppBackend:
                     break
             out.append(tried)
         return out
-
-    def _shared_length(self, tokens: list[int], prefix: Messages) -> int:
-        """How many of ``tokens`` the rendering of ``prefix`` starts with."""
-        shared = 0
-        for ours, theirs in zip(tokens, self.render(prefix)):
-            if ours != theirs:
-                break
-            shared += 1
-        return shared
 
     def _hold_prefix(self, prefix: list[int]) -> None:
         """Leave exactly ``prefix`` in the KV cache, evaluated on its own from an empty cache (kept when it is there already)."""
@@ -130,11 +122,8 @@ class LlamaCppBackend:
         if len(tokens) >= self.llm.n_ctx():
             raise SpecializeError(f"{self.name}: a judge prompt of {len(tokens)} tokens exceeds the context ({self.llm.n_ctx()}); raise llm.context_tokens")
         self._prefix = []  # the cache is about to hold other text
-        cached = self.llm.input_ids[: self.llm.n_tokens]
-        shared = 0
-        limit = min(len(cached), len(tokens) - 1)  # at least one token must be decoded to get fresh logits
-        while shared < limit and cached[shared] == tokens[shared]:
-            shared += 1
+        # At least one token must be decoded to get fresh logits.
+        shared = min(self.llm.longest_token_prefix(self.llm.input_ids[: self.llm.n_tokens], tokens), len(tokens) - 1)
         if not self.llm._ctx.kv_cache_seq_rm(-1, shared, -1):  # some caches (sliding-window) cannot cut a suffix
             shared = 0
             self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)

@@ -33,6 +33,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -193,18 +194,11 @@ def write_generations(workdir: Path, config: GenerateConfig, llm: LLM, mixture: 
             for start in range(0, len(work), config.block):
                 run_block(work[start : start + config.block])
 
-        pending: list[dict[str, Any]] = []
-        current = ""
-        for position, record in enumerate(read_passages(workdir / "passages.jsonl")):
-            group = example_key(position, config)
-            if group != current and pending:
-                run_group(pending, current)
-                pending = []
-            current = group
-            if record["_id"] not in done:
-                pending.append(record)
-        if pending:
-            run_group(pending, current)
+        passages = enumerate(read_passages(workdir / "passages.jsonl"))
+        for group, members in groupby(passages, key=lambda item: example_key(item[0], config)):
+            pending = [record for _, record in members if record["_id"] not in done]
+            if pending:
+                run_group(pending, group)
         os.fsync(out.fileno())
     seconds = time.perf_counter() - started
     finish_partial(final, key)

@@ -74,14 +74,15 @@ def human_queries(path: Path) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def labelled_workdir(dataset: str, source: str, work: Path):
-    """Prepare (the whole corpus), the queries, mine and label: the Config of the run, the lists written once."""
+def labelled_workdir(dataset: str, source: str, work: Path, extra: dict | None = None):
+    """Prepare (the whole corpus), the queries, mine and label: the Config of the run, the lists written once.
+    ``extra``: more config overrides (e.g. the teacher)."""
     from specialize.pipeline import DEMO_CONFIG, Pipeline
 
     overrides = {
         "workdir": str(work), "prepare.corpus": SOURCES[dataset], "prepare.max_passages": 1, "label.audit": "never",
         "evaluate.datasets": [SOURCES[dataset]], **{f"train.{key}": value for key, value in COMMON.items()},
-        **(HUMAN if source == "human" else {}),
+        **(HUMAN if source == "human" else {}), **(extra or {}),
     }
     pipeline = Pipeline(DEMO_CONFIG, **overrides)
     pipeline.run(stop="prepare")
@@ -94,12 +95,13 @@ def labelled_workdir(dataset: str, source: str, work: Path):
     return pipeline.config, {stage: manifest["counts"] for stage, manifest in manifests.items()}
 
 
-def train_recipe(cfg, name: str) -> tuple[Path, float]:
-    """Train one recipe in ``variants/<name>/`` in a child process; its published model and the child's peak RSS (MiB)."""
+def train_recipe(cfg, name: str, settings: dict | None = None) -> tuple[Path, float]:
+    """Train one recipe (``settings``, default ``RECIPES[name]``) in ``variants/<name>/`` in a child process; its published
+    model and the child's peak RSS (MiB)."""
     from specialize.config import write_resolved
     from specialize.pipeline import variant_config
 
-    variant = variant_config(cfg, name, RECIPES[name])
+    variant = variant_config(cfg, name, RECIPES[name] if settings is None else settings)
     write_resolved(variant)
     script = (
         "import json, resource, sys\n"

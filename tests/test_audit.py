@@ -9,7 +9,7 @@ import pytest
 from test_cli import cli
 from test_label import _copy_inputs, workdir  # noqa: F401  (the module fixture)
 
-from specialize.audit import _sample, judged_queries, rerank_metrics, verdict
+from specialize.audit import seeded_sample, judged_queries, rerank_metrics, verdict
 from specialize.config import Config, LabelConfig, load_config
 from specialize.label import label
 
@@ -25,10 +25,10 @@ def test_rerank_metrics_by_hand():
 
 def test_sample_is_seeded_and_order_free():
     qids = [f"q{i}" for i in range(50)]
-    chosen = _sample(qids, 10, seed=1)
-    assert len(chosen) == 10 and chosen == _sample(list(reversed(qids)), 10, seed=1)
-    assert set(_sample(qids[:25] + ["extra"], 50, seed=1)) == set(qids[:25] + ["extra"])
-    assert chosen != _sample(qids, 10, seed=2)
+    chosen = seeded_sample(qids, 10, seed=1)
+    assert len(chosen) == 10 and chosen == seeded_sample(list(reversed(qids)), 10, seed=1)
+    assert set(seeded_sample(qids[:25] + ["extra"], 50, seed=1)) == set(qids[:25] + ["extra"])
+    assert chosen != seeded_sample(qids, 10, seed=2)
 
 
 def test_verdict_warns_only_when_the_teacher_loses():

@@ -115,7 +115,7 @@ def test_teacher_spec_syntax():
     spec = parse_teacher("ensemble:bm25=2,bi-encoder:bundled:minilm")
     assert [(str(m), w) for m, w in spec.members] == [("bm25", 2.0), ("bi-encoder:bundled:minilm", 1.0)]
     assert str(parse_teacher(["bm25", "bi-encoder:bundled:minilm=0.5"])) == "ensemble:bm25=1,bi-encoder:bundled:minilm=0.5"
-    assert str(parse_teacher(LabelConfig().teacher)) == "ensemble:bm25=1,bi-encoder:bundled:minilm=1"
+    assert LabelConfig().teacher == "auto"  # chosen by measurement (test_selection.py)
     for bad, fragment in [
         ("cross-encoderr:x", "did you mean 'cross-encoder:x'?"),
         ("bundled:minilm", "did you mean 'bi-encoder:bundled:minilm'"),
@@ -204,9 +204,12 @@ def test_bm25_and_bi_encoder_teachers_rank_real_sources_first(workdir):
     assert biencoder.score(query, passages) == pytest.approx(uncached.score(query, passages), abs=1e-4)
 
 
-def test_default_ensemble_labels_the_slice(workdir, tmp_path):
+FUSION = "ensemble:bm25=1,bi-encoder:bundled:minilm=1"
+
+
+def test_bm25_minilm_fusion_labels_the_slice(workdir, tmp_path):
     _copy_inputs(workdir, tmp_path)
-    counts = label(tmp_path, LabelConfig(backend="torch"))
+    counts = label(tmp_path, LabelConfig(teacher=FUSION, backend="torch"))
     labels = _lines(tmp_path / "labels.jsonl")
     candidates = _lines(tmp_path / "candidates.jsonl")
     assert [r["qid"] for r in labels] == [r["qid"] for r in candidates]
@@ -220,7 +223,7 @@ def test_default_ensemble_labels_the_slice(workdir, tmp_path):
         assert set(row) == {"qid", "query", "type", "doc_ids", "scores"} and len(row["doc_ids"]) == 20
         assert row["scores"] == sorted(row["scores"], reverse=True) and 0 <= row["scores"][-1] <= row["scores"][0] <= 1
     # Only a filter changed: the labels are reused, not scored again.
-    again = label(tmp_path, LabelConfig(backend="torch", drop_below_percentile=0), teacher=object())  # type: ignore[arg-type]
+    again = label(tmp_path, LabelConfig(teacher=FUSION, backend="torch", drop_below_percentile=0), teacher=object())  # type: ignore[arg-type]
     assert again["labels_reused"] == 1 and again["dropped_low_top_score"] == 0
 
 

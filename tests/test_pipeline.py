@@ -20,7 +20,7 @@ def _overrides(work, corpus):
         "generate.model": "bundled:gemma-270m", "generate.llm.backend": "llama_cpp", "generate.llm.chat_template": TINY_CHAT_TEMPLATE,
         "generate.llm.context_tokens": 1024, "generate.max_new_tokens": 12, "generate.few_shot": 1, "generate.block": 2,
         "mine.retrievers": ["bm25", "bundled:minilm"], "mine.backend": "torch", "mine.top_k": 10, "mine.depth": 400, "mine.roundtrip_depth": 400,
-        "label.backend": "torch", "label.min_list_size": 10, "label.list_size": 6, "label.require_source_first": False,
+        "label.teacher": "ensemble:bm25=1,bi-encoder:bundled:minilm=1", "label.backend": "torch", "label.min_list_size": 10, "label.list_size": 6, "label.require_source_first": False,
         "label.drop_below_percentile": 0, "label.dev_fraction": 0.3, "label.audit_queries": 6,
         "train.passages_per_query": 6, "train.batch_size": 2, "train.max_steps": 2, "train.query_max_length": 16,
         "train.passage_max_length": 32, "train.report_to": "none", "train.eval_steps": 1,

@@ -29,8 +29,8 @@ from specialize.teachers import Teacher, score_many
 AUDIT_SPLITS = ("dev", "train", "test")
 
 
-def rerank_metrics(qrels: Qrels, lists: Mapping[str, Sequence[str]], scores: Mapping[str, Sequence[float]]) -> dict[str, float]:
-    """nDCG@10 and MRR@10 (0–100) of each list ordered by its scores; ties keep the candidate order.
+def ranked_run(lists: Mapping[str, Sequence[str]], scores: Mapping[str, Sequence[float]]) -> dict[str, dict[str, float]]:
+    """A pytrec_eval run of each list ordered by its scores; ties keep the candidate order.
 
     The run holds ranks, not scores: trec_eval breaks score ties by doc id, and scores that differ
     by less than float32 precision would tie there.
@@ -39,11 +39,16 @@ def rerank_metrics(qrels: Qrels, lists: Mapping[str, Sequence[str]], scores: Map
     for qid in lists:
         order = sorted(range(len(lists[qid])), key=lambda i: -scores[qid][i])
         run[qid] = {lists[qid][i]: float(len(order) - rank) for rank, i in enumerate(order)}
-    result = score_run({qid: qrels[qid] for qid in lists}, run)
+    return run
+
+
+def rerank_metrics(qrels: Qrels, lists: Mapping[str, Sequence[str]], scores: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """nDCG@10 and MRR@10 (0–100) of each list ordered by its scores (``ranked_run``)."""
+    result = score_run({qid: qrels[qid] for qid in lists}, ranked_run(lists, scores))
     return {"ndcg@10": round(100 * result["ndcg@10"], 2), "mrr@10": round(100 * result["mrr@10"], 2)}
 
 
-def _sample(qids: Sequence[str], limit: int, seed: int) -> list[str]:
+def seeded_sample(qids: Sequence[str], limit: int, seed: int) -> list[str]:
     """Up to ``limit`` qids chosen by a seeded hash: the same whatever the input order or size."""
     key = lambda qid: hashlib.sha256(f"{seed}:{qid}".encode()).hexdigest()  # noqa: E731
     return sorted(heapq.nsmallest(limit, qids, key=key))
@@ -68,7 +73,7 @@ def _compare(
 
 def synthetic_audit(workdir: Path, teacher: Teacher, student: Teacher, texts: Mapping[str, str], queries: Mapping[str, Mapping[str, Any]], limit: int, seed: int) -> dict[str, Any] | None:
     """Teacher (its raw labels) vs student on labelled synthetic queries, the source passage as the one relevant."""
-    chosen = set(_sample([record["qid"] for _, record in iter_jsonl(workdir / "labels.jsonl")], limit, seed))
+    chosen = set(seeded_sample([record["qid"] for _, record in iter_jsonl(workdir / "labels.jsonl")], limit, seed))
     lists, scores = {}, {}
     for _, record in iter_jsonl(workdir / "labels.jsonl"):
         if record["qid"] in chosen and queries[record["qid"]]["source_id"] in record["doc_ids"]:
@@ -93,17 +98,20 @@ def judged_queries(source: str | None, splits: Sequence[str] = AUDIT_SPLITS) -> 
     return split, load_queries(folder), load_qrels(folder, split)
 
 
-def qrels_audit(config: Config, teacher: Teacher, student: Teacher, ids: Sequence[str], texts: Sequence[str]) -> dict[str, Any] | None:
-    """Teacher vs student on the source's human queries, candidates mined as for synthetic ones."""
+def judged_lists(
+    config: Config, ids: Sequence[str], texts: Sequence[str], limit: int, splits: Sequence[str] = AUDIT_SPLITS,
+) -> tuple[str, dict[str, str], Qrels, dict[str, list[str]]] | None:
+    """(split, queries, qrels, candidate lists) for a seeded sample of the source's judged queries (the first of
+    ``splits`` with qrels), their candidates mined by the configured retrievers exactly as for a synthetic query."""
     from specialize.mine import load_retrievers, reciprocal_rank_fusion, retrieve_all
 
-    judged = judged_queries(config.prepare.corpus)
+    judged = judged_queries(config.prepare.corpus, splits)
     if judged is None:
         return None
     split, all_queries, all_qrels = judged
     in_corpus = set(ids)
     usable = [qid for qid, rels in all_qrels.items() if qid in all_queries and any(d in in_corpus and s > 0 for d, s in rels.items())]
-    qids = _sample(usable, config.label.audit_queries, config.label.seed)
+    qids = seeded_sample(usable, limit, config.label.seed)
     if not qids:
         return None
     retrievers = load_retrievers(config.mine, ids, texts, config.prefixes)
@@ -112,6 +120,15 @@ def qrels_audit(config: Config, teacher: Teacher, student: Teacher, ids: Sequenc
     for row, qid in enumerate(qids):
         fused = reciprocal_rank_fusion([[int(i) for i in ranking[row] if i >= 0] for ranking in rankings], config.mine.rrf_k)
         lists[qid] = [ids[i] for i, _ in fused[: config.mine.top_k]]
+    return split, all_queries, all_qrels, lists
+
+
+def qrels_audit(config: Config, teacher: Teacher, student: Teacher, ids: Sequence[str], texts: Sequence[str]) -> dict[str, Any] | None:
+    """Teacher vs student on the source's human queries, candidates mined as for synthetic ones."""
+    judged = judged_lists(config, ids, texts, config.label.audit_queries)
+    if judged is None:
+        return None
+    split, all_queries, all_qrels, lists = judged
     result = _compare(teacher, student, all_qrels, lists, dict(zip(ids, texts)), all_queries)
     return {"split": split, **result}
 

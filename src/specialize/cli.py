@@ -33,6 +33,9 @@ SetOption = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override any config key: --set train.epochs=2 (repeatable).")
 ]
 ForceOption = Annotated[bool, typer.Option("--force", help="Rerun even if the stage is up to date.")]
+ForceTrainOption = Annotated[Optional[bool], typer.Option(
+    "--force-train", help="Train even when the teacher selection found no teacher that beats the student.",
+)]
 QueriesOption = Annotated[Optional[str], typer.Option(
     "--queries", help="Your own queries instead of generation: .jsonl, .csv/.tsv (id and text fields) or .txt (one per line); no LLM.",
 )]
@@ -154,7 +157,7 @@ def mine(
 
 @app.command()
 def label(
-    teacher: Annotated[Optional[str], typer.Option(help="bm25, bi-encoder:<model>, cross-encoder:<model>, monot5:<model>, rankt5:<model>, llm-judge:<model> or ensemble:<member>=<weight>,...")] = None,
+    teacher: Annotated[Optional[str], typer.Option(help="auto (chosen by measurement), bm25, bi-encoder:<model>, cross-encoder:<model>, monot5:<model>, rankt5:<model>, llm-judge:<model> or ensemble:<member>=<weight>,...")] = None,
     audit: Annotated[Optional[bool], typer.Option("--audit/--no-audit", help="Audit the teacher against the student [default: when the corpus has qrels].")] = None,
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
@@ -188,6 +191,31 @@ def _print_audit(work: Path) -> None:
         Console(stderr=True).print(f"[bold red]WARNING:[/bold red] {report['warning']}", highlight=False, soft_wrap=True)
 
 
+def _print_selection(work: Path) -> None:
+    """The teacher candidates' table and the choice; the no-headroom line in red."""
+    import json
+
+    from specialize.selection import SELECTION, measured_columns
+
+    path = work / SELECTION
+    if not path.is_file():
+        return
+    selection = json.loads(path.read_text())
+    if selection["candidates"]:
+        measured = measured_columns(selection)
+        table = Table(title=f"teacher selection on {selection['basis']} queries (nDCG@10)")
+        for column in ("candidate", "fit", *measured):
+            table.add_column(column, justify="left" if column == "candidate" else "right", overflow="fold")
+        for row in selection["candidates"]:
+            table.add_row(row["teacher"], f"{row['fit_ndcg@10']:.2f}", *(f"{row[name]:.2f}" for name in measured))
+        console.print(table)
+    for member in selection["members"]:
+        if member.get("skipped"):
+            Console(stderr=True).print(f"skipped {member['teacher']}: {member['skipped']}", highlight=False, soft_wrap=True)
+    style = "bold red" if selection["headroom"] is False else "bold"
+    Console(stderr=True).print(f"[{style}]teacher:[/{style}] {selection['reason']}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def train(
     student: Annotated[Optional[str], typer.Option(help="The model to specialize: HF id, path or bundled:<alias>.")] = None,
@@ -195,6 +223,7 @@ def train(
     epochs: Annotated[Optional[float], typer.Option(help="Training epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Queries per optimizer step on each device.")] = None,
     keep_worse: Annotated[Optional[bool], typer.Option("--keep-worse", help="Publish the trained model even if it ranks the dev lists worse than the base model.")] = None,
+    force_train: ForceTrainOption = None,
     resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue from the last checkpoint of an interrupted run.")] = None,
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
@@ -205,7 +234,7 @@ def train(
     cfg = _config(
         config, workdir, sets,
         **{"train.student": student, "train.loss": loss, "train.epochs": epochs, "train.batch_size": batch_size,
-           "train.keep_worse": keep_worse, "train.resume": resume},
+           "train.keep_worse": keep_worse, "train.force_train": force_train, "train.resume": resume},
     )
     _stage(cfg, "train", force)
 
@@ -231,9 +260,10 @@ def run(
         "--ablate-types", help="Also train one model per query type and one on the mixture cut to a type's size, and evaluate them side by side.",
     )] = False,
     queries: QueriesOption = None,
+    force_train: ForceTrainOption = None,
 ) -> None:
     """Run every stage in order, skipping those already done; then write the report."""
-    _run_pipeline(_config(config, workdir, sets, **{"generate.queries": queries}), start, stop, force, ablate_types)
+    _run_pipeline(_config(config, workdir, sets, **{"generate.queries": queries, "train.force_train": force_train}), start, stop, force, ablate_types)
 
 
 @app.command()
@@ -279,6 +309,7 @@ def _report_stage(name: str, manifest: dict, work: Path) -> None:
         return
     _print_counts(name, manifest, work)
     if name == "label":
+        _print_selection(work)
         _print_audit(work)
     if name == "evaluate":
         import json

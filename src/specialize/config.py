@@ -134,9 +134,27 @@ class LabelConfig(StrictModel):
     """Teacher scoring, filtering, normalization and the train/dev split."""
 
     teacher: str | list[str] = Field(
-        "ensemble:bm25=1,bi-encoder:bundled:minilm=1",
-        description="bm25, bi-encoder:<model>, cross-encoder:<model>, or ensemble:<member>=<weight>,... (a list = an ensemble of equal weights).",
+        "auto",
+        description="auto: chosen by measurement among the student and label.candidates, fusions included (teacher.json); or "
+        "bm25, bi-encoder:<model>, cross-encoder:<model>, monot5:<model>, rankt5:<model>, llm-judge:<model>, "
+        "ensemble:<member>=<weight>,... (a list = an ensemble of equal weights).",
     )
+    candidates: list[str] = Field(
+        ["bm25", "bi-encoder:bundled:mpnet"],
+        description="auto: the teachers tried besides the student, alone and fused (add a cross-encoder:<model> or llm-judge:<model> here).",
+    )
+    selection_queries: int = Field(
+        200, ge=4, description="auto: queries the choice is made on (judged dev/train queries when the corpus has them, else synthetic), "
+        "half to choose, half to measure the margin.",
+    )
+    fusion_step: float = Field(0.1, gt=0, le=1, description="auto: the grid step of the fusion weights tried.")
+    max_teacher_hours: float = Field(
+        0.25, gt=0, description="auto: skip a candidate whose measured cost for the selection and the labeling would exceed this.",
+    )
+    headroom_margin: float = Field(
+        0.0, description="auto: train only when the chosen teacher's lower confidence bound over the student exceeds this (nDCG@10 points).",
+    )
+    headroom_confidence: float = Field(0.9, gt=0, lt=1, description="auto: the confidence level of that interval.")
     batch_size: int = Field(32, ge=1, description="Pairs per model call (cross-encoder) / texts per encode (bi-encoder).")
     backend: Backend = Field("auto", description="Bi-encoder teacher backend.")
     ensemble_normalization: Literal["minmax", "percentile"] = Field(
@@ -167,6 +185,8 @@ class LabelConfig(StrictModel):
     def _ordered(self) -> LabelConfig:
         if self.low_percentile >= self.high_percentile:
             raise ValueError(f"low_percentile ({self.low_percentile}) must be below high_percentile ({self.high_percentile})")
+        if abs(round(1 / self.fusion_step) * self.fusion_step - 1) > 1e-9:
+            raise ValueError(f"fusion_step ({self.fusion_step}) must divide 1 (e.g. 0.1, 0.25, 0.5)")
         return self
 
 
@@ -223,6 +243,9 @@ class TrainConfig(StrictModel):
     gate_margin: float = Field(0.0, description="Publish only when the CI's lower bound on the held-out nDCG@10 gain (points) is above this.")
     gate_confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the gate's paired bootstrap interval.")
     keep_worse: bool = Field(False, description="Publish the trained model whatever the publish gate says.")
+    force_train: bool = Field(
+        False, description="Train even when the teacher selection found no teacher that beats the student (else the base is kept untrained).",
+    )
     resume: bool = Field(False, description="Continue from the last checkpoint of an interrupted run with the same config and data.")
     output: str = Field("models/student", description="Where the model is published, relative to the work directory.")
     report_to: str | list[str] = Field("all", description="Trainer loggers: all (every installed one: TensorBoard, W&B...), none, or a list.")

@@ -119,6 +119,15 @@ def corpus_key(encoder: Encoder, ids: Sequence[str], texts: Sequence[str]) -> st
     return digest.hexdigest()[:32]
 
 
+def _corpus_folder(encoder: Encoder, ids: Sequence[str], texts: Sequence[str]) -> Path:
+    return cache_dir() / "embeddings" / corpus_key(encoder, ids, texts)
+
+
+def cached_corpus(encoder: Encoder, ids: Sequence[str], texts: Sequence[str]) -> bool:
+    """Whether the cache holds the corpus's finished embeddings under this encoder."""
+    return (_corpus_folder(encoder, ids, texts) / "embeddings.npy").is_file()
+
+
 def encode_corpus(
     encoder: Encoder, ids: Sequence[str], texts: Sequence[str], batch_size: int = 64, label: str = "encoding"
 ) -> np.ndarray:
@@ -129,7 +138,7 @@ def encode_corpus(
     """
     if not texts:
         raise SpecializeError("nothing to encode: the corpus is empty")
-    folder = cache_dir() / "embeddings" / corpus_key(encoder, ids, texts)
+    folder = _corpus_folder(encoder, ids, texts)
     final = folder / "embeddings.npy"
     if final.is_file():
         return np.load(final)

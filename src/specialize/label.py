@@ -21,15 +21,19 @@ from typing import Any
 
 import numpy as np
 
-from specialize.artifacts import atomic_path, finish_partial, finished_with_key, fingerprint, iter_jsonl, resume_partial
+from specialize.artifacts import atomic_path, config_hash, finish_partial, finished_with_key, fingerprint, iter_jsonl, resume_partial, write_json
 from specialize.audit import audit, judged_queries
 from specialize.config import Config, LabelConfig, PrefixConfig
 from specialize.errors import SpecializeError, located
 from specialize.mine import read_corpus, read_queries
 from specialize.progress import progress_bar
+from specialize.selection import AUTO, SELECTION, select_teacher
 from specialize.teachers import Teacher, TeacherSpec, load_teacher, needs_corpus, parse_teacher, score_many
 
 DROP_REASONS = ("source_not_first", "short_list", "low_top_score")
+SELECTION_SETTINGS = {"candidates", "selection_queries", "fusion_step", "max_teacher_hours", "headroom_margin", "headroom_confidence",
+                      "ensemble_normalization", "min_list_size", "backend", "batch_size", "audit_queries", "seed", "llm"}
+"""The label settings the teacher selection depends on."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,29 +168,65 @@ def label(
 ) -> dict[str, int | float]:
     """Write labels.jsonl, train.jsonl and dev.jsonl for the work directory; return the manifest counts.
 
-    ``teacher`` replaces the one ``config.teacher`` names (tests, benchmarks). With ``audit_with``
-    (the whole run's config) the teacher audit runs too, as ``label.audit`` says, and writes audit.json.
+    ``teacher`` replaces the one ``config.teacher`` names (tests, benchmarks). ``audit_with`` is the whole
+    run's config: with it the teacher audit runs too, as ``label.audit`` says, and writes audit.json; the
+    teacher selection (``teacher: auto``, teacher.json) reads the student, the retrievers and the source from it.
     """
-    spec = parse_teacher(config.teacher)
+    run = audit_with or Config(label=config, prefixes=dict(prefixes or {}))
     query_list = read_queries(workdir / "queries.jsonl")
     if not (workdir / "candidates.jsonl").is_file():
         raise SpecializeError(f"{workdir / 'candidates.jsonl'}: not found; run `specialize mine` first")
     queries = {q["qid"]: q for q in query_list}
+    auto = teacher is None and config.teacher == AUTO
     auditing = audit_with is not None and wants_audit(audit_with)
+    spec = None if auto else parse_teacher(config.teacher)
     # Pointwise teachers need only the candidates' texts: memory stays flat as the corpus grows.
-    needed = None if auditing or needs_corpus(spec) else {d for _, r in read_candidates(workdir / "candidates.jsonl", queries) for d in r["doc_ids"]}
+    needed = None if auto or auditing or needs_corpus(spec) else {d for _, r in read_candidates(workdir / "candidates.jsonl", queries) for d in r["doc_ids"]}
     ids, texts = read_corpus(workdir / "corpus.jsonl", needed)
+    counts: dict[str, int | float | str] = {}
+    if auto:
+        selection = selected_teacher(workdir, run, (ids, texts), queries)
+        spec = parse_teacher(selection["chosen"])
+        counts.update(selection_counts(selection))
+    else:
+        (workdir / SELECTION).unlink(missing_ok=True)
     key = _labels_key(spec, workdir)
     if finished_with_key(workdir / "labels.jsonl", key):
         scored = {"labels_reused": 1, "labels_resumed": 0}  # same teacher and inputs: only the filters changed
     else:
         teacher = teacher or load_teacher(spec, config, (ids, texts), prefixes)
         scored = score_candidates(workdir, teacher, dict(zip(ids, texts)), queries, key, config.query_block)
-    counts = {**filter_and_split(workdir, queries, config), **scored}
+    counts.update({**filter_and_split(workdir, queries, config), **scored})
     (workdir / "audit.json").unlink(missing_ok=True)
     if auditing:
         teacher = teacher or load_teacher(spec, config, (ids, texts), prefixes)
         counts.update(audit_counts(audit(workdir, audit_with, teacher, (ids, texts), queries)))
+    return counts
+
+
+def selected_teacher(workdir: Path, run: Config, corpus: tuple[Sequence[str], Sequence[str]], queries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """``teacher.json``: reused when made from the same inputs and selection settings, else chosen again."""
+    settings = run.model_dump(mode="json", include={"label": SELECTION_SETTINGS, "train": {"student"}, "mine": True, "prefixes": True,
+                                                    "prepare": {"corpus"}})
+    digest = hashlib.sha256(config_hash(settings).encode())
+    for name in ("corpus.jsonl", "queries.jsonl", "candidates.jsonl"):
+        digest.update(fingerprint(workdir / name).encode())
+    key = digest.hexdigest()[:16]
+    path = workdir / SELECTION
+    if path.is_file():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if previous.get("key") == key:
+            return previous
+    selection = {"key": key, **select_teacher(workdir, run, corpus, queries)}
+    write_json(path, selection)
+    return selection
+
+
+def selection_counts(selection: Mapping[str, Any]) -> dict[str, int | float | str]:
+    """The teacher selection's outcome as flat manifest counts."""
+    counts: dict[str, int | float | str] = {"teacher": selection["chosen"]}
+    if selection["headroom"] is not None:
+        counts.update({"teacher_margin": selection["margin"], "teacher_ci_low": selection["ci_low"], "teacher_headroom": int(selection["headroom"])})
     return counts
 
 

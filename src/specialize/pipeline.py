@@ -77,24 +77,31 @@ def _mine(cfg: Config, work: Path) -> StagePlan:
 
 def _label(cfg: Config, work: Path) -> StagePlan:
     from specialize.label import label, parse_teacher, wants_audit
+    from specialize.selection import AUTO, SELECTION
 
-    parse_teacher(cfg.label.teacher)  # a bad spec fails before any input is read
+    auto = cfg.label.teacher == AUTO
+    for spec in cfg.label.candidates if auto else [cfg.label.teacher]:
+        parse_teacher(spec)  # a bad spec fails before any input is read
     auditing = wants_audit(cfg)
     return StagePlan(
-        "label", cfg.model_dump(mode="json", include=AUDIT_INPUTS if auditing else {"label": True, "prefixes": True}),
+        "label", cfg.model_dump(mode="json", include=AUDIT_INPUTS if auditing or auto else {"label": True, "prefixes": True}),
         {name: work / f"{name}.jsonl" for name in ("corpus", "queries", "candidates")},
-        ["labels.jsonl", "train.jsonl", "dev.jsonl", *(["audit.json"] if auditing else [])],
+        ["labels.jsonl", "train.jsonl", "dev.jsonl", *(["audit.json"] if auditing else []), *([SELECTION] if auto else [])],
         lambda: label(work, cfg.label, cfg.prefixes, audit_with=cfg),
         needs=(("corpus.jsonl", "prepare"), ("queries.jsonl", "generate"), ("candidates.jsonl", "mine")),
     )
 
 
 def _train(cfg: Config, work: Path) -> StagePlan:
+    from specialize.selection import SELECTION
     from specialize.train.stage import LOG, SUMMARY, labels_teacher, train
 
+    inputs = {name: work / f"{name}.jsonl" for name in ("corpus", "train", "dev")}
+    if (work / SELECTION).is_file():  # the teacher selection decides whether to train at all
+        inputs["selection"] = work / SELECTION
     return StagePlan(
         "train", cfg.model_dump(mode="json", include={"train", "prefixes"}, exclude={"train": {"resume"}}),
-        {name: work / f"{name}.jsonl" for name in ("corpus", "train", "dev")}, [cfg.train.output, SUMMARY, LOG],
+        inputs, [cfg.train.output, SUMMARY, LOG],
         lambda: train(work, cfg.train, cfg.prefixes, teacher=labels_teacher(work, cfg.label.teacher)),
         needs=(("corpus.jsonl", "prepare"), ("train.jsonl", "label"), ("dev.jsonl", "label")),
     )

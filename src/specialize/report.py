@@ -17,6 +17,7 @@ from typing import Any
 
 from specialize.artifacts import write_text
 from specialize.errors import SpecializeError
+from specialize.selection import SELECTION, measured_columns
 
 Row = Sequence[Any]
 
@@ -90,11 +91,28 @@ def _audit_section(workdir: Path, plots: Path) -> Section | None:
     return Section("Teacher audit", text, header, rows, _bar_plot(plots / "audit.png", ["teacher", "student"], bars, "nDCG@10"))
 
 
-def _gate_section(workdir: Path) -> Section | None:
-    """The publish decision first: the gate's held-out evidence and its one-line verdict."""
-    summary = _read(workdir / "train.json")
-    if not summary or "gate" not in summary:
+def _selection_section(workdir: Path) -> Section | None:
+    """The teacher candidates (``teacher.json``): each one's nDCG@10 on the choice's queries, the choice and its margin."""
+    selection = _read(workdir / SELECTION)
+    if not selection:
         return None
+    if not selection["candidates"]:
+        return Section("Teacher selection", f"{selection['reason']}.")
+    measured = measured_columns(selection)
+    rows = [[f"`{row['teacher']}`", row["fit_ndcg@10"], *(row[name] for name in measured)] for row in selection["candidates"]]
+    costs = "; ".join(f"`{m['teacher']}`: {m.get('skipped') or m['cost_probe']}" for m in selection["members"])
+    text = (f"{selection['reason']}.\n\nFusion weights chosen on {selection['fit_queries']} {selection['basis']} queries (fit), the margin "
+            f"measured on the other {selection['measure_queries']}. Cost probes: {costs}.")
+    return Section("Teacher selection", text, ["candidate", "fit nDCG@10", *(f"{name} nDCG@10" for name in measured)], rows)
+
+
+def _gate_section(workdir: Path) -> Section | None:
+    """The publish decision first: the gate's held-out evidence and its one-line verdict (or why nothing was trained)."""
+    summary = _read(workdir / "train.json")
+    if not summary:
+        return None
+    if not summary.get("gate"):
+        return Section("Publish decision", summary["verdict"])
     gate = summary["gate"]
     header = ["held-out queries", "base nDCG@10", "trained nDCG@10", "Δ", f"{100 * gate['confidence']:.0f}% CI", "published"]
     row = [gate["queries"], round(gate["base"], 2), round(gate["trained"], 2), f"{gate['delta']:+.2f}",
@@ -227,7 +245,7 @@ def report(workdir: Path) -> tuple[Path, Path]:
     if not (workdir / "stages").is_dir() and not (workdir / "eval").is_dir():
         raise SpecializeError(f"{workdir}: not a work directory (no stages/ or eval/ inside); run a stage first")
     plots = workdir / "report"
-    candidates = [_gate_section(workdir), _funnel_section(workdir, plots), _audit_section(workdir, plots),
+    candidates = [_gate_section(workdir), _funnel_section(workdir, plots), _selection_section(workdir), _audit_section(workdir, plots),
                   _training_section(workdir, plots), *_evaluation_sections(workdir, plots)]
     sections = [section for section in candidates if section is not None]
     title = f"specialize report: {workdir.resolve().name}"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from specialize.artifacts import write_text
+from specialize.selection import measured_columns
 
 HEADING = "## Specialized with `specialize`"
 MODES = {
@@ -42,9 +43,39 @@ def card_section(summary: Mapping[str, Any], workdir: Path) -> str:
     types = sorted(set(summary["train_types"]) | set(summary["dev_types"]))
     lines += [f"| {kind} | {summary['train_types'].get(kind, 0):,} | {summary['dev_types'].get(kind, 0):,} |" for kind in types]
     lines += [f"| **total** | {summary['train_queries']:,} | {summary['dev_queries']:,} |"]
+    lines += selection_table(summary.get("selection"))
     lines += gate_table(summary["gate"])
     lines += evaluation_table(workdir)
     return "\n".join(lines) + "\n"
+
+
+def kept_base_section(summary: Mapping[str, Any], workdir: Path) -> str:
+    """Markdown for a run that did not train: no teacher beat the student, so this is the base model."""
+    lines = [HEADING, "", summary["verdict"], "", "| | |", "|---|---|", f"| Base model | `{summary['student']}` (unchanged) |",
+             f"| Best teacher found | `{summary['selection']['chosen']}` |"]
+    lines += selection_table(summary["selection"])
+    lines += evaluation_table(workdir)
+    return "\n".join(lines) + "\n"
+
+
+def selection_table(selection: Mapping[str, Any] | None) -> list[str]:
+    """Markdown lines: the teacher candidates, the choice and its margin over the student (``teacher.json``)."""
+    if not selection:
+        return []
+    if not selection["candidates"]:
+        return ["", "### Teacher selection", "", f"{selection['reason']}."]
+    measured = measured_columns(selection)
+    lines = ["", "### Teacher selection", "",
+             f"Each candidate reranked the same candidate lists of {selection['fit_queries'] + selection['measure_queries']} "
+             f"{selection['basis']} queries; fusion weights were chosen on {selection['fit_queries']} of them (fit), the margin "
+             f"over the student measured on the other {selection['measure_queries']}. {selection['reason']}.", "",
+             "| candidate | fit nDCG@10 | " + " | ".join(f"{name} nDCG@10" for name in measured) + " |", "|---|---:|" + "---:|" * len(measured)]
+    lines += [f"| `{row['teacher']}` | {row['fit_ndcg@10']:.2f} | " + " | ".join(f"{row[name]:.2f}" for name in measured) + " |"
+              for row in selection["candidates"]]
+    lines += ["", "| member | cost probe | estimated s | scored in s |", "|---|---|---:|---:|"]
+    lines += [f"| `{m['teacher']}` | {m['cost_probe']} | {m['estimated_seconds']:,} | {m.get('seconds', m.get('skipped'))} |"
+              for m in selection["members"]]
+    return lines
 
 
 def gate_table(gate: Mapping[str, Any]) -> list[str]:

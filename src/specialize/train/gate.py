@@ -21,10 +21,8 @@ import numpy as np
 
 from specialize.encoder import Encoder, encode_corpus
 from specialize.evaluate import Qrels, per_query_ndcg, search
+from specialize.stats import paired_interval
 from specialize.train.data import ScoredList
-
-RESAMPLES = 10_000
-
 
 @dataclass(frozen=True)
 class GateResult:
@@ -59,16 +57,6 @@ def retrieval_ndcg(encoder: Encoder, rows: Sequence[ScoredList], qrels: Qrels, c
     queries = encoder.encode([row.query for row in rows], batch_size=64, kind="query")
     run = search(queries, documents, [row.qid for row in rows], ids, top_k=10, ignore_identical_ids=False)
     return per_query_ndcg(qrels, run)
-
-
-def paired_interval(deltas: np.ndarray, confidence: float, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of paired differences (a point when they are all equal)."""
-    from scipy.stats import bootstrap
-
-    if np.ptp(deltas) == 0:
-        return float(deltas[0]), float(deltas[0])
-    result = bootstrap((deltas,), np.mean, confidence_level=confidence, n_resamples=RESAMPLES, method="percentile", rng=seed)
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def decide(

@@ -30,8 +30,9 @@ from specialize.errors import SpecializeError
 from specialize.mine import read_corpus, read_queries
 from specialize.models import Prefixes, model_prefixes, record_document_route
 from specialize.progress import stderr
+from specialize.selection import AUTO, SELECTION
 from specialize.train.cached import CachedLoss
-from specialize.train.card import add_to_card, card_section
+from specialize.train.card import add_to_card, card_section, kept_base_section
 from specialize.train.data import (
     ScoredList,
     check_docs,
@@ -56,7 +57,7 @@ CHECKPOINTS = "checkpoints"
 SUMMARY = "train.json"
 LOG = "train_log.json"
 RUN_KEY = "run.json"
-NOT_TRAINING_SETTINGS = {"resume", "keep_worse", "output", "report_to", "gate_min_queries", "gate_margin", "gate_confidence"}
+NOT_TRAINING_SETTINGS = {"resume", "keep_worse", "force_train", "output", "report_to", "gate_min_queries", "gate_margin", "gate_confidence"}
 """TrainConfig fields that do not change what a checkpoint holds (resuming ignores them)."""
 
 
@@ -180,6 +181,9 @@ def train(
     size = config.passages_per_query
     data = load_data(workdir, config)
     overrides = {key: value.model_dump() for key, value in (prefixes or {}).items()}
+    selection = read_selection(workdir)
+    if selection is not None and selection["headroom"] is False and not config.force_train:
+        return keep_base(workdir, config, overrides, data, teacher, selection)
     args = training_arguments(config, workdir / CHECKPOINTS, model_prefixes(config.student, overrides), bool(data.dev))
     student = load_encoder(config.student, "torch", None, overrides)  # after the arguments: on this process's device
     model = with_linear_adapter(student.model) if config.adapter == "linear" else student.model
@@ -248,12 +252,39 @@ def train(
                 save_model(base, embedding.prefixes, staging)
             else:  # the base on both routes: its corpus embeddings stay shared, nothing is embedded again
                 save_model(frozen.with_query_route(base), embedding.prefixes, staging, config.student)
-        add_to_card(staging, card_section(summary, workdir))
+        add_to_card(staging, card_section({**summary, "selection": selection}, workdir))
         replace_folder(staging, final)
         write_json(workdir / LOG, state.log_history)
         write_json(workdir / SUMMARY, summary)
     trainer.accelerator.wait_for_everyone()
     return manifest_counts(json.loads((workdir / SUMMARY).read_text(encoding="utf-8")))
+
+
+def read_selection(workdir: Path) -> dict[str, Any] | None:
+    """The label stage's teacher selection (``teacher.json``), or None when the teacher was named."""
+    path = workdir / SELECTION
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def keep_base(
+    workdir: Path, config: TrainConfig, overrides: Mapping[str, Any], data: TrainingData, teacher: str | None, selection: Mapping[str, Any],
+) -> dict[str, Any]:
+    """No teacher beats the student: publish the base untrained (its corpus embeddings stay shared) and say why."""
+    base = load_encoder(config.student, "torch", None, dict(overrides))
+    final = workdir / config.output
+    staging = final.with_name(f".{final.name}.staging")
+    save_model(base.model, base.prefixes, staging, config.student)
+    summary = {
+        "student": config.student, "parameters": sum(p.numel() for p in base.model.parameters()), "trained_parameters": 0,
+        "teacher": teacher, "mode": "none", "published": "base", "verdict": f"Not trained: {selection['reason']}.",
+        "selection": selection, "output": config.output, "steps": 0, **data.counts(),
+    }
+    stderr.print(f"[bold]train[/bold]: {summary['verdict']}", highlight=False, soft_wrap=True)
+    add_to_card(staging, kept_base_section(summary, workdir))
+    replace_folder(staging, final)
+    write_json(workdir / LOG, [])
+    write_json(workdir / SUMMARY, summary)
+    return manifest_counts(summary)
 
 
 def hyperparameters(config: TrainConfig, args, embedding: Embedding, cached: bool) -> dict[str, Any]:
@@ -321,12 +352,18 @@ def replace_folder(staging: Path, final: Path) -> None:
 
 
 def labels_teacher(workdir: Path, teacher: str | list[str]) -> str | None:
-    """The teacher spec if ``labels.jsonl`` was scored by it with the current inputs (its key says so), else None."""
+    """The teacher spec if ``labels.jsonl`` was scored by it with the current inputs (its key says so), else None;
+    ``auto``: the teacher the selection chose."""
     from specialize.label import _labels_key
     from specialize.teachers import parse_teacher
 
     if not all((workdir / name).is_file() for name in ("corpus.jsonl", "queries.jsonl", "candidates.jsonl")):
         return None
+    if teacher == AUTO:
+        selection = read_selection(workdir)
+        if selection is None:
+            return None
+        teacher = selection["chosen"]
     spec = parse_teacher(teacher)
     return str(spec) if finished_with_key(workdir / "labels.jsonl", _labels_key(spec, workdir)) else None
 
@@ -336,10 +373,14 @@ def manifest_counts(summary: Mapping[str, Any]) -> dict[str, Any]:
     counts: dict[str, Any] = {"train_queries": summary["train_queries"], "dev_queries": summary["dev_queries"]}
     counts.update({f"train_{kind}": n for kind, n in summary["train_types"].items()})
     counts.update({f"dev_{kind}": n for kind, n in summary["dev_types"].items()})
-    counts.update({"steps": summary["steps"], "learning_rate": summary["hyperparameters"]["learning_rate"]})
-    if summary["best_dev_loss"] is not None:
+    counts["steps"] = summary["steps"]
+    if "hyperparameters" in summary:
+        counts["learning_rate"] = summary["hyperparameters"]["learning_rate"]
+    if summary.get("best_dev_loss") is not None:
         counts["best_dev_loss"] = round(summary["best_dev_loss"], 6)
-    gate = summary["gate"]
-    counts.update({f"gate_{key}": round(gate[key], 4) for key in ("base", "trained", "delta", "ci_low", "ci_high")})
-    counts.update({"gate_queries": gate["queries"], "published": summary["published"]})
+    gate = summary.get("gate")
+    if gate:
+        counts.update({f"gate_{key}": round(gate[key], 4) for key in ("base", "trained", "delta", "ci_low", "ci_high")})
+        counts["gate_queries"] = gate["queries"]
+    counts["published"] = summary["published"]
     return counts

@@ -1,0 +1,241 @@
+"""Teacher selection (``label.teacher: auto``): the teacher chosen by measurement, and whether any can teach at all.
+
+Every candidate member (the student, ``label.candidates`` and any teacher the user adds there) reranks the
+same candidate lists of a seeded sample of queries whose relevant passage is known:
+
+- the corpus source's judged queries of a dev or train split (never test), when it has them;
+- else the synthetic queries whose source passage is in their list (the source is the relevant one).
+
+The queries are cut in two seeded halves. On the first (``fit``) every fusion of the members is tried:
+weights on a simplex grid of ``label.fusion_step``, members min-max scaled per query as the ensemble
+teacher does, each member alone included. The fusion with the best fit nDCG@10 is the choice; on the
+second half (``measure``), which the choice never saw, its per-query nDCG@10 minus the student's gives the
+margin and a paired bootstrap interval. There is headroom when the interval's lower bound is above
+``label.headroom_margin``; without it the train stage keeps the base (``train.force_train`` overrides). With no
+query to measure on (only the user's own queries, no dev/train qrels) the default fusion of BM25 and the student
+is used, unmeasured (``headroom`` null), and the publish gate alone decides.
+
+A member's cost is probed before it is scored: a bi-encoder times the encoding of a few passages (the whole
+corpus is encoded once, cached, unless the cache has it), any other teacher times the pairs of a few
+queries. A member whose estimated cost for the selection and the labeling exceeds ``label.max_teacher_hours``
+is skipped with its reason. The result is ``teacher.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from specialize.artifacts import iter_jsonl
+from specialize.audit import judged_lists, ranked_run, seeded_sample
+from specialize.config import Config
+from specialize.evaluate import Qrels, per_query_ndcg
+from specialize.progress import progress_bar
+from specialize.stats import paired_interval
+from specialize.teachers import NORMALIZERS, BiEncoderTeacher, Teacher, TeacherSpec, load_teacher, parse_teacher, score_many
+
+AUTO = "auto"
+SELECTION = "teacher.json"
+JUDGED_SPLITS = ("dev", "train")
+"""Judged queries a choice may read: never the test split."""
+PROBE_QUERIES = 2
+PROBE_PASSAGES = 32
+
+
+@dataclass(frozen=True)
+class Basis:
+    """Queries with a known relevant passage and their candidate lists, cut into a fit and a measure half."""
+
+    name: str
+    queries: Mapping[str, str]
+    qrels: Qrels
+    lists: Mapping[str, list[str]]
+    fit: list[str]
+    measure: list[str]
+
+
+def halves(qids: Sequence[str], seed: int) -> tuple[list[str], list[str]]:
+    """Two seeded halves of ``qids`` (fit, measure), the same whatever the input order."""
+    ordered = sorted(qids, key=lambda qid: hashlib.sha256(f"{seed}:half:{qid}".encode()).hexdigest())
+    return sorted(ordered[::2]), sorted(ordered[1::2])
+
+
+def synthetic_basis(workdir: Path, queries: Mapping[str, Mapping[str, Any]], limit: int, min_list: int, seed: int) -> Basis | None:
+    """Synthetic queries whose source passage is in their full-length candidate list; the source is the relevant one."""
+    lists = {}
+    for _, record in iter_jsonl(workdir / "candidates.jsonl"):
+        source = queries[record["qid"]]["source_id"]
+        if source is not None and source in record["doc_ids"] and len(record["doc_ids"]) >= min_list:
+            lists[record["qid"]] = record["doc_ids"]
+    chosen = seeded_sample(list(lists), limit, seed)
+    if len(chosen) < 2:
+        return None
+    fit, measure = halves(chosen, seed)
+    return Basis("synthetic", {q: queries[q]["text"] for q in chosen}, {q: {queries[q]["source_id"]: 1} for q in chosen},
+                 {q: lists[q] for q in chosen}, fit, measure)
+
+
+def judged_basis(config: Config, ids: Sequence[str], texts: Sequence[str]) -> Basis | None:
+    """The source's judged queries of a dev or train split (never test), candidates mined as for synthetic ones."""
+    judged = judged_lists(config, ids, texts, config.label.selection_queries, JUDGED_SPLITS)
+    if judged is None or len(judged[3]) < 2:
+        return None
+    split, all_queries, all_qrels, lists = judged
+    fit, measure = halves(list(lists), config.label.seed)
+    return Basis(f"judged ({split} split)", {q: all_queries[q] for q in lists}, {q: all_qrels[q] for q in lists}, lists, fit, measure)
+
+
+def simplex(members: int, step: float) -> list[tuple[float, ...]]:
+    """Every weight vector on the simplex grid of ``step`` (weights ≥ 0 summing to 1), one-hot vectors first."""
+    units = round(1 / step)
+    grid = [tuple(c / units for c in combo) for combo in itertools.product(range(units + 1), repeat=members) if sum(combo) == units]
+    return sorted(grid, key=lambda w: sum(x > 0 for x in w))
+
+
+def fused_ndcg(basis: Basis, member_scores: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float], qids: Sequence[str]) -> dict[str, float]:
+    """Per query of ``qids``, the nDCG@10 (0-100) of the lists ordered by the weighted members' normalized scores."""
+    fused = {q: sum(w * scores[q] for w, scores in zip(weights, member_scores) if w > 0) for q in qids}
+    run = ranked_run({q: basis.lists[q] for q in qids}, fused)
+    return {q: 100 * v for q, v in per_query_ndcg({q: basis.qrels[q] for q in qids}, run).items()}
+
+
+def fusion_spec(members: Sequence[str], weights: Sequence[float]) -> str:
+    """The teacher spec of a fusion: the member alone when one weight is non-zero, else an ensemble."""
+    used = [(member, weight) for member, weight in zip(members, weights) if weight > 0]
+    if len(used) == 1:
+        return used[0][0]
+    return "ensemble:" + ",".join(f"{member}={weight:g}" for member, weight in used)
+
+
+def probe_cost(
+    spec: TeacherSpec, config: Config, corpus: tuple[Sequence[str], Sequence[str]], items: Sequence[tuple[str, Sequence[str]]], total_pairs: int,
+) -> tuple[Callable[[], Teacher], float, str]:
+    """(what builds the teacher, its estimated seconds for the selection and the labeling, how that was measured).
+
+    A bi-encoder's cost is its corpus encoding (nothing when cached); building it encodes the corpus into the cache.
+    """
+    label, prefixes = config.label, config.prefixes
+    ids, texts = corpus
+    if spec.kind == "bi-encoder":
+        from specialize.encoder import cached_corpus, load_encoder
+
+        overrides = {key: value.model_dump() for key, value in prefixes.items()}
+        encoder = load_encoder(spec.model, label.backend, None, overrides)
+        build = lambda: BiEncoderTeacher(encoder, label.batch_size, corpus)  # noqa: E731
+        if cached_corpus(encoder, ids, texts):
+            return build, 0.0, "corpus embeddings cached"
+        sample = list(texts[: min(PROBE_PASSAGES, len(texts))])
+        started = time.perf_counter()
+        encoder.encode(sample, label.batch_size, kind="passage")
+        per_passage = (time.perf_counter() - started) / len(sample)
+        return build, per_passage * len(texts), f"{1 / per_passage:.1f} passages/s on {len(sample)}, × {len(texts)} corpus passages"
+    teacher = load_teacher(spec, label, corpus, prefixes)
+    probe = items[:PROBE_QUERIES]
+    pairs = sum(len(p) for _, p in probe)
+    started = time.perf_counter()
+    score_many(teacher, probe)
+    per_pair = (time.perf_counter() - started) / max(pairs, 1)
+    total = sum(len(p) for _, p in items) + total_pairs
+    return lambda: teacher, per_pair * total, f"{1 / max(per_pair, 1e-9):.0f} pairs/s on {pairs}, × {total} pairs"
+
+
+def select_teacher(workdir: Path, config: Config, corpus: tuple[Sequence[str], Sequence[str]], queries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Score the candidates, choose the teacher and measure its headroom over the student; the ``teacher.json`` record."""
+    label = config.label
+    ids, texts = corpus
+    student = f"bi-encoder:{config.train.student}"
+    names = list(dict.fromkeys([student, *(str(parse_teacher(c)) for c in label.candidates)]))
+    bases = [b for b in (judged_basis(config, ids, texts), synthetic_basis(workdir, queries, label.selection_queries, label.min_list_size, label.seed)) if b]
+    if not bases:
+        return unmeasured(student)
+    text_of = dict(zip(ids, texts))
+    total_pairs = sum(len(r["doc_ids"]) for _, r in iter_jsonl(workdir / "candidates.jsonl"))
+    budget = label.max_teacher_hours * 3600
+    members, scores, rows = [], [], []  # scores: per basis, per member, qid -> normalized scores
+    normalize = NORMALIZERS[label.ensemble_normalization]
+    items = [(basis.queries[q], [text_of[d] for d in basis.lists[q]]) for basis in bases for q in basis.lists]
+    for name in names:
+        build, estimate, how = probe_cost(parse_teacher(name), config, corpus, items, total_pairs)
+        row: dict[str, Any] = {"teacher": name, "estimated_seconds": round(estimate, 1), "cost_probe": how}
+        if estimate > budget and name != student:
+            row["skipped"] = f"estimated {estimate / 3600:.2f} h > label.max_teacher_hours ({label.max_teacher_hours:g})"
+            rows.append(row)
+            continue
+        teacher = build()
+        started = time.perf_counter()
+        with progress_bar(f"{name} · selection", total=len(items), unit="queries") as advance:
+            member = []
+            for basis in bases:
+                qids = list(basis.lists)
+                raw = score_many(teacher, [(basis.queries[q], [text_of[d] for d in basis.lists[q]]) for q in qids])
+                member.append({q: normalize(scores) for q, scores in zip(qids, raw)})
+                advance(len(qids))
+        row["seconds"] = round(time.perf_counter() - started, 1)
+        members.append(name)
+        scores.append(member)
+        rows.append(row)
+    return choose(bases, members, scores, rows, config)
+
+
+def measured_columns(selection: Mapping[str, Any]) -> list[str]:
+    """The query sets each candidate of a ``teacher.json`` record was measured on besides the fit half, in table order."""
+    first = selection["candidates"][0] if selection["candidates"] else {}
+    return [name for name in first if name not in ("teacher", "members", "fit_ndcg@10")]
+
+
+def unmeasured(student: str) -> dict[str, Any]:
+    """The record when nothing can be measured (only the user's own queries, no dev/train qrels): the default fusion, trained."""
+    chosen = f"ensemble:bm25=1,{student}=1"
+    reason = (f"teacher `{chosen}` (the default fusion), not measured: no query has a known relevant passage (your own queries have "
+              "no source passage and the corpus has no dev or train qrels); headroom unknown, the publish gate decides")
+    return {"student": student, "chosen": chosen, "weights": {}, "basis": "none", "fit_queries": 0, "measure_queries": 0, "bases": {},
+            "margin": None, "ci_low": None, "ci_high": None, "confidence": None, "headroom": None, "reason": reason, "members": [], "candidates": []}
+
+
+def choose(bases: Sequence[Basis], members: Sequence[str], scores: Sequence[Sequence[Mapping[str, np.ndarray]]], rows: list[dict[str, Any]], config: Config) -> dict[str, Any]:
+    """The best fusion on the first basis's fit half, its margin over the student (``members[0]``) on the measure half."""
+    label = config.label
+    decide = bases[0]
+    per_basis = lambda b: [scores[m][b] for m in range(len(members))]  # noqa: E731
+    best_of: dict[tuple[int, ...], tuple[float, tuple[float, ...]]] = {}  # members used -> (fit nDCG@10, weights)
+    for weights in simplex(len(members), label.fusion_step):
+        used = tuple(i for i, w in enumerate(weights) if w > 0)
+        fit = float(np.mean(list(fused_ndcg(decide, per_basis(0), weights, decide.fit).values())))
+        if used not in best_of or fit > best_of[used][0] + 1e-9:
+            best_of[used] = (fit, weights)
+    candidates = []
+    for used, (fit, weights) in sorted(best_of.items(), key=lambda kv: (len(kv[0]), kv[0])):
+        candidate = {"teacher": fusion_spec(members, weights), "members": len(used), "fit_ndcg@10": round(fit, 2)}
+        for b, basis in enumerate(bases):
+            qids = basis.measure if b == 0 else list(basis.lists)
+            candidate[f"{basis.name} · measure" if b == 0 else basis.name] = round(float(np.mean(list(fused_ndcg(basis, per_basis(b), weights, qids).values()))), 2)
+        candidates.append((weights, candidate))
+    weights, chosen = max(candidates, key=lambda wc: wc[1]["fit_ndcg@10"])  # ties: the first, the fewest members
+    one_hot = tuple(1.0 if i == 0 else 0.0 for i in range(len(members)))
+    ours = fused_ndcg(decide, per_basis(0), weights, decide.measure)
+    theirs = fused_ndcg(decide, per_basis(0), one_hot, decide.measure)
+    deltas = np.array([ours[q] - theirs[q] for q in decide.measure])
+    margin = float(deltas.mean())
+    low, high = paired_interval(deltas, label.headroom_confidence, label.seed) if len(deltas) >= 2 else (margin, margin)
+    headroom = low > label.headroom_margin
+    where = f"{len(deltas)} held-out {decide.name} queries"
+    evidence = f"{margin:+.2f} nDCG@10 over the student on {where}, {100 * label.headroom_confidence:.0f}% CI {low:+.2f} … {high:+.2f}"
+    if headroom:
+        reason = f"teacher `{chosen['teacher']}`: {evidence}"
+    else:
+        reason = (f"no teacher available here beats the student on this corpus: best `{chosen['teacher']}` {evidence}; "
+                  "the base model is kept (train.force_train trains anyway) — try a cross-encoder in label.candidates or --teacher")
+    return {
+        "student": members[0], "chosen": chosen["teacher"], "weights": dict(zip(members, weights)), "basis": decide.name,
+        "fit_queries": len(decide.fit), "measure_queries": len(decide.measure),
+        "bases": {basis.name: len(basis.lists) for basis in bases},
+        "margin": round(margin, 2), "ci_low": round(low, 2), "ci_high": round(high, 2), "confidence": label.headroom_confidence,
+        "headroom": headroom, "reason": reason, "members": rows, "candidates": [c for _, c in candidates],
+    }

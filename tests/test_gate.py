@@ -12,7 +12,7 @@ import json
 import pytest
 
 from specialize.train.data import ScoredList
-from specialize.train.gate import decide, held_out_qrels
+from specialize.train.gate import decide, held_out_qrels, judged_gate_queries
 from specialize.train.stage import train
 from test_train import lists_dir, tiny, workdir_with  # noqa: F401
 
@@ -47,6 +47,14 @@ def test_the_margin_and_the_minimum_number_of_queries_are_kept():
 def test_held_out_relevance_is_the_source_passage_else_the_teachers_top():
     rows = [ScoredList("a", "q", "claim", ["d2", "d1"], [0.9, 0.5], 1), ScoredList("b", "q", "user", ["d3", "d1"], [1.0, 0.2], 2)]
     assert held_out_qrels(rows, {"a": "d1", "b": None}) == {"a": {"d1": 1}, "b": {"d3": 1}}
+
+
+def test_judged_gate_queries_leave_out_what_was_trained_on_and_what_is_not_in_the_corpus():
+    judged = ("train", {"a": "Claim A.", "b": "claim b", "c": "claim c", "d": "claim d"},
+              {"a": {"d1": 1}, "b": {"d2": 1}, "c": {"gone": 1}, "d": {"d1": 0}})
+    basis, queries, qrels = judged_gate_queries(judged, trained_on={" claim a. "}, corpus_ids={"d1", "d2"})
+    assert basis == "judged (train split)" and queries == {"b": "claim b"} and qrels == {"b": {"d2": 1}}
+    assert decide(scores([0.5] * 3), scores([0.5] * 3), 1, 0.0, 0.95, 1, basis).reason.startswith("kept the base: +0.00 nDCG@10 on 3 judged (train split)")
 
 
 def test_the_stage_publishes_a_model_that_retrieves_the_held_out_queries_better(tmp_path, lists_dir):  # noqa: F811

@@ -87,6 +87,8 @@ def test_auto_drops_a_useless_bm25_and_keeps_the_base_untrained(useless_bm25, tm
     counts = label(work, config.label, config.prefixes, audit_with=config)
     selection = json.loads((work / "teacher.json").read_text())
     assert selection["basis"] == "synthetic" and selection["fit_queries"] + selection["measure_queries"] >= 25
+    overlap = selection["synthetic_overlap"]  # a one-token claim shares no term with its abstract: every one counts
+    assert overlap["median_overlap"] == 0 and overlap["at_most_max"] == overlap["sourced"] == selection["bases"]["synthetic"]
     by_name = {row["teacher"]: row for row in selection["candidates"]}
     assert len(by_name) == 3 and {STUDENT, "bm25"} <= set(by_name)  # each alone, and their best fusion
     assert by_name["bm25"]["synthetic · measure"] < by_name[STUDENT]["synthetic · measure"] - 20
@@ -105,8 +107,13 @@ def test_auto_drops_a_useless_bm25_and_keeps_the_base_untrained(useless_bm25, tm
     assert "Not trained" in card and "### Teacher selection" in card and "| `bm25` |" in card
     assert not (work / "checkpoints").exists()
 
-    forced = train(work, TrainConfig(**small, force_train=True), teacher=STUDENT)
-    assert forced["steps"] == 2 and "gate_delta" in forced
+    # The slice's claims as they are (the run trained on their one-token forms) are judged queries the gate reads instead.
+    from specialize.corpus import load_qrels, load_queries
+
+    judged = ("train", load_queries(scifact_slice), load_qrels(scifact_slice, "test"))
+    forced = train(work, TrainConfig(**small, force_train=True), teacher=STUDENT, judged=judged)
+    gate = json.loads((work / "train.json").read_text())["gate"]
+    assert forced["steps"] == 2 and "gate_delta" in forced and gate["basis"] == "judged (train split)" and gate["queries"] == 30
     assert "### Teacher selection" in (work / "models" / "student" / "README.md").read_text()
 
 
@@ -130,6 +137,18 @@ def test_judged_queries_come_from_dev_or_train_never_test(workdir, tmp_path, sci
     assert selection["basis"] == "judged (train split)" and selection["bases"] == {"judged (train split)": len(train_qids),
                                                                                    "synthetic": selection["bases"]["synthetic"]}
     assert "synthetic" in selection["candidates"][0]  # measured on the synthetic queries too, for the table
+    # Real claims copy much of their abstract: only those sharing at most half their terms with it count.
+    overlap = selection["synthetic_overlap"]
+    assert 0 < overlap["at_most_max"] < overlap["sourced"] and selection["bases"]["synthetic"] == overlap["at_most_max"]
+
+
+def test_term_overlap_by_hand():
+    from specialize.mine import bm25_terms
+    from specialize.selection import term_overlap
+
+    query, source = bm25_terms(["the lenses of vertebrates and fish", "Crystalline lenses in vertebrates."])
+    assert query == {"lens", "vertebr", "fish"} and term_overlap(query, source) == pytest.approx(2 / 3)
+    assert term_overlap(set(), source) == 1.0 and term_overlap({"x"}, set()) == 0.0
 
 
 def test_cli_label_auto_says_why_and_train_keeps_the_base(useless_bm25, tmp_path):

@@ -233,6 +233,11 @@ def test_run_with_your_own_queries_end_to_end(user_run, claims, scifact_slice):
     assert labelled["kept"] == len(rows) == 12 - labelled["dropped_low_top_score"] - labelled["dropped_short_list"] >= 6
     assert {row["type"] for row in rows} == {"user"} and all(len(row["doc_ids"]) == 6 for row in rows)
     assert json.loads((work / "audit.json").read_text())["synthetic"] is None  # no source passage to audit against
+    # Nothing to choose a teacher on (no source, only test qrels): the default fusion, unmeasured, and the gate decides.
+    selection = json.loads((work / "teacher.json").read_text())
+    assert selection["headroom"] is None and selection["candidates"] == [] and "not measured" in selection["reason"]
+    assert labelled["teacher"] == selection["chosen"] == "ensemble:bm25=1,bi-encoder:bundled:minilm=1" and "teacher_headroom" not in labelled
+    assert json.loads((work / "train.json").read_text())["gate"]["queries"] > 0  # trained, not stopped
 
     model = work / "models" / "student"
     assert (model / "modules.json").is_file() and (model / "README.md").is_file()

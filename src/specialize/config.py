@@ -147,6 +147,10 @@ class LabelConfig(StrictModel):
         200, ge=4, description="auto: queries the choice is made on (judged dev/train queries when the corpus has them, else synthetic), "
         "half to choose, half to measure the margin.",
     )
+    selection_max_overlap: float = Field(
+        0.5, ge=0, le=1, description="auto: a synthetic query counts in the choice only when at most this share of its BM25 terms is in its "
+        "source passage (generated queries copy their source; human queries share about a quarter of their terms with what they find).",
+    )
     fusion_step: float = Field(0.1, gt=0, le=1, description="auto: the grid step of the fusion weights tried.")
     max_teacher_hours: float = Field(
         0.25, gt=0, description="auto: skip a candidate whose measured cost for the selection and the labeling would exceed this.",

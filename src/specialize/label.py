@@ -31,8 +31,8 @@ from specialize.selection import AUTO, SELECTION, select_teacher
 from specialize.teachers import Teacher, TeacherSpec, load_teacher, needs_corpus, parse_teacher, score_many
 
 DROP_REASONS = ("source_not_first", "short_list", "low_top_score")
-SELECTION_SETTINGS = {"candidates", "selection_queries", "fusion_step", "max_teacher_hours", "headroom_margin", "headroom_confidence",
-                      "ensemble_normalization", "min_list_size", "backend", "batch_size", "audit_queries", "seed", "llm"}
+SELECTION_SETTINGS = {"candidates", "selection_queries", "selection_max_overlap", "fusion_step", "max_teacher_hours", "headroom_margin", "headroom_confidence",
+                      "ensemble_normalization", "min_list_size", "backend", "batch_size", "seed", "llm"}
 """The label settings the teacher selection depends on."""
 
 
@@ -224,7 +224,9 @@ def selected_teacher(workdir: Path, run: Config, corpus: tuple[Sequence[str], Se
 
 def selection_counts(selection: Mapping[str, Any]) -> dict[str, int | float | str]:
     """The teacher selection's outcome as flat manifest counts."""
-    counts: dict[str, int | float | str] = {"teacher": selection["chosen"]}
+    counts: dict[str, int | float | str] = {"teacher": selection["chosen"], "teacher_skipped": sum("skipped" in m for m in selection["members"])}
+    if "seconds" in selection:
+        counts["teacher_selection_seconds"] = selection["seconds"]
     if selection["headroom"] is not None:
         counts.update({"teacher_margin": selection["margin"], "teacher_ci_low": selection["ci_low"], "teacher_headroom": int(selection["headroom"])})
     return counts

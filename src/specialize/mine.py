@@ -47,17 +47,28 @@ class Retriever(Protocol):
         ...
 
 
+def bm25_tokenizer():
+    """BM25's tokenizer: bm25s with English stop words and the English PyStemmer stemmer."""
+    import Stemmer
+    from bm25s.tokenization import Tokenizer
+
+    return Tokenizer(stopwords="en", stemmer=Stemmer.Stemmer("english"))
+
+
+def bm25_terms(texts: Sequence[str]) -> list[set[str]]:
+    """Each text's set of BM25 terms (stemmed, stop words left out)."""
+    return [set(terms) - {""} for terms in bm25_tokenizer().tokenize(list(texts), return_as="string", show_progress=False)]
+
+
 class BM25Retriever:
-    """bm25s over title + text, with the English PyStemmer stemmer and English stop words."""
+    """bm25s over title + text, with ``bm25_tokenizer``."""
 
     name = BM25
 
     def __init__(self, texts: Sequence[str]) -> None:
         import bm25s
-        import Stemmer
-        from bm25s.tokenization import Tokenizer
 
-        self.tokenizer = Tokenizer(stopwords="en", stemmer=Stemmer.Stemmer("english"))
+        self.tokenizer = bm25_tokenizer()
         tokens = self.tokenizer.tokenize(list(texts), update_vocab=True, return_as="ids", show_progress=False)
         self.index = bm25s.BM25()
         self.index.index((tokens, self.tokenizer.get_vocab_dict()), show_progress=False)

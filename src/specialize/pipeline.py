@@ -93,29 +93,34 @@ def _label(cfg: Config, work: Path) -> StagePlan:
 
 
 def _train(cfg: Config, work: Path) -> StagePlan:
-    from specialize.selection import SELECTION
+    from specialize.audit import judged_queries
+    from specialize.selection import JUDGED_SPLITS, SELECTION
     from specialize.train.stage import LOG, SUMMARY, labels_teacher, train
 
     inputs = {name: work / f"{name}.jsonl" for name in ("corpus", "train", "dev")}
     if (work / SELECTION).is_file():  # the teacher selection decides whether to train at all
         inputs["selection"] = work / SELECTION
+    # The corpus source's judged dev/train queries, when it has them, are the publish gate's.
+    body = lambda: train(work, cfg.train, cfg.prefixes, teacher=labels_teacher(work, cfg.label.teacher),  # noqa: E731
+                         judged=judged_queries(cfg.prepare.corpus, JUDGED_SPLITS))
     return StagePlan(
-        "train", cfg.model_dump(mode="json", include={"train", "prefixes"}, exclude={"train": {"resume"}}),
-        inputs, [cfg.train.output, SUMMARY, LOG],
-        lambda: train(work, cfg.train, cfg.prefixes, teacher=labels_teacher(work, cfg.label.teacher)),
+        "train", cfg.model_dump(mode="json", include={"train": True, "prefixes": True, "prepare": {"corpus"}}, exclude={"train": {"resume"}}),
+        inputs, [cfg.train.output, SUMMARY, LOG], body,
         needs=(("corpus.jsonl", "prepare"), ("train.jsonl", "label"), ("dev.jsonl", "label")),
     )
 
 
 VARIANTS = "variants"
-VARIANT_INPUTS = ("corpus.jsonl", "queries.jsonl", "candidates.jsonl", "labels.jsonl", "train.jsonl", "dev.jsonl")
-"""The labeled data a variant trains on, linked from the work directory into ``variants/<name>/``."""
+VARIANT_INPUTS = ("corpus.jsonl", "queries.jsonl", "candidates.jsonl", "labels.jsonl", ".labels.key", "train.jsonl", "dev.jsonl", "teacher.json")
+"""The labeled data a variant trains on (with the key and the selection that name its teacher), linked from the work
+directory into ``variants/<name>/``."""
 
 
 def variant_config(cfg: Config, name: str, train: Mapping[str, Any]) -> Config:
     """The run's config with other train settings, working in ``variants/<name>/`` on links to the same labeled data.
 
-    A variant is trained to be compared, so it is always published (``keep_worse``) and evaluated beside the student.
+    A variant is trained to be compared, so it is always trained (``force_train``), published (``keep_worse``) and
+    evaluated beside the student.
     """
     work = Path(cfg.workdir)
     folder = work / VARIANTS / name
@@ -125,7 +130,7 @@ def variant_config(cfg: Config, name: str, train: Mapping[str, Any]) -> Config:
         if (work / file).is_file() and not link.is_symlink():
             with contextlib.suppress(FileExistsError):  # another torchrun process made it first
                 link.symlink_to(Path("..", "..", file))
-    overrides = {f"train.{key}": value for key, value in {**train, "keep_worse": True, "resume": False}.items()}
+    overrides = {f"train.{key}": value for key, value in {**train, "keep_worse": True, "force_train": True, "resume": False}.items()}
     return build_config(cfg.model_dump(mode="json") | {"workdir": str(folder)}, overrides, f"variant {name}")
 
 

@@ -114,7 +114,7 @@ def _gate_section(workdir: Path) -> Section | None:
     if not summary.get("gate"):
         return Section("Publish decision", summary["verdict"])
     gate = summary["gate"]
-    header = ["held-out queries", "base nDCG@10", "trained nDCG@10", "Δ", f"{100 * gate['confidence']:.0f}% CI", "published"]
+    header = [f"{gate.get('basis', 'held-out')} queries", "base nDCG@10", "trained nDCG@10", "Δ", f"{100 * gate['confidence']:.0f}% CI", "published"]
     row = [gate["queries"], round(gate["base"], 2), round(gate["trained"], 2), f"{gate['delta']:+.2f}",
            f"{gate['ci_low']:+.2f} … {gate['ci_high']:+.2f}", summary["published"]]
     return Section("Publish gate", summary["verdict"], header, [row])

@@ -81,12 +81,15 @@ def selection_table(selection: Mapping[str, Any] | None) -> list[str]:
 def gate_table(gate: Mapping[str, Any]) -> list[str]:
     """Markdown lines: the publish gate's evidence and decision."""
     confidence = f"{100 * gate['confidence']:.0f}% CI"
+    basis = gate.get("basis", "held-out")
+    relevant = ("the corpus's judgments (qrels) say which passages are relevant" if basis.startswith("judged")
+                else "a query's relevant passage is the one it was written from")
     return [
         "", "### Publish gate", "",
-        "Base and trained model retrieve the held-out queries (never trained on) from the whole corpus; a query's "
-        "relevant passage is the one it was written from. The trained model is published only when the lower bound of "
+        f"Base and trained model retrieve the {basis} queries (never trained on) from the whole corpus; {relevant}. "
+        "The trained model is published only when the lower bound of "
         f"the paired bootstrap {confidence} on the nDCG@10 gain is above {gate['margin']:+.2f}.", "",
-        f"| held-out queries | base nDCG@10 | trained nDCG@10 | Δ | {confidence} | decision |", "|---:|---:|---:|---:|---|---|",
+        f"| {basis} queries | base nDCG@10 | trained nDCG@10 | Δ | {confidence} | decision |", "|---:|---:|---:|---:|---|---|",
         f"| {gate['queries']} | {gate['base']:.2f} | {gate['trained']:.2f} | {gate['delta']:+.2f} | "
         f"{gate['ci_low']:+.2f} … {gate['ci_high']:+.2f} | {gate['decision']} |",
     ]

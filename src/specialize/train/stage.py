@@ -27,6 +27,7 @@ from specialize.artifacts import finished_with_key, fingerprint, write_json
 from specialize.config import PrefixConfig, TrainConfig
 from specialize.encoder import encode_corpus, load_encoder
 from specialize.errors import SpecializeError
+from specialize.evaluate import Qrels
 from specialize.mine import read_corpus, read_queries
 from specialize.models import Prefixes, model_prefixes, record_document_route
 from specialize.progress import stderr
@@ -42,7 +43,7 @@ from specialize.train.data import (
     training_subset,
     type_counts,
 )
-from specialize.train.gate import GateResult, decide, held_out_qrels, retrieval_ndcg
+from specialize.train.gate import GateResult, decide, held_out_qrels, judged_gate_queries, retrieval_ndcg
 from specialize.train.query_side import with_linear_adapter
 from specialize.train.recipe import (
     build_loss,
@@ -167,13 +168,14 @@ def train(
     prefixes: Mapping[str, PrefixConfig] | None = None,
     teacher: str | None = None,
     callbacks: Sequence[Any] = (),
+    judged: tuple[str, Mapping[str, str], Qrels] | None = None,
 ) -> dict[str, Any]:
     """Train the student on ``train.jsonl`` (early stopping on ``dev.jsonl``), publish it, and return the manifest counts.
 
     Writes ``<config.output>/`` (a SentenceTransformer folder with its model card), ``train.json``
     (the summary) and ``train_log.json`` (the trainer's log history: training and dev loss by step).
     ``teacher`` names the labels' teacher for the card; ``callbacks`` are extra trainer callbacks
-    (tests). Under ``torchrun`` every process runs this; the first one checks and publishes.
+    (tests); ``judged`` (split, queries, qrels), the corpus source's dev or train queries, are the gate's when given. Under ``torchrun`` every process runs this; the first one checks and publishes.
     """
     from sentence_transformers import SentenceTransformerTrainer
     from transformers import EarlyStoppingCallback
@@ -231,7 +233,7 @@ def train(
         final = workdir / config.output
         staging = final.with_name(f".{final.name}.staging")
         save_model(trained, embedding.prefixes, staging, config.student if frozen is not None else None)
-        gate = run_gate(config, staging, data, workdir, overrides)
+        gate = run_gate(config, staging, data, workdir, overrides, judged)
         state = trainer.state
         summary = {
             **facts,
@@ -308,17 +310,25 @@ def hyperparameters(config: TrainConfig, args, embedding: Embedding, cached: boo
     }
 
 
-def run_gate(config: TrainConfig, candidate: Path, data: TrainingData, workdir: Path, overrides: Mapping[str, Any]) -> GateResult:
-    """The publish gate (see ``specialize.train.gate``) for the model saved at ``candidate`` against the base student."""
-    queries = workdir / "queries.jsonl"  # absent when lists were written by hand: the teacher's top is then relevant
-    sources = {query["qid"]: query["source_id"] for query in read_queries(queries)} if queries.is_file() else {}
-    qrels = held_out_qrels(data.dev, sources)
+def run_gate(
+    config: TrainConfig, candidate: Path, data: TrainingData, workdir: Path, overrides: Mapping[str, Any],
+    judged: tuple[str, Mapping[str, str], Qrels] | None = None,
+) -> GateResult:
+    """The publish gate (see ``specialize.train.gate``) for the model saved at ``candidate`` against the base student:
+    on ``judged`` queries (split, queries, qrels) the run did not train on when there are any, else on dev.jsonl."""
     corpus = read_corpus(workdir / "corpus.jsonl")
+    gate_queries = judged_gate_queries(judged, {row.query for row in data.train}, set(corpus[0])) if judged else None
+    if gate_queries and gate_queries[1]:
+        basis, texts, qrels = gate_queries
+    else:
+        queries = workdir / "queries.jsonl"  # absent when lists were written by hand: the teacher's top is then relevant
+        sources = {query["qid"]: query["source_id"] for query in read_queries(queries)} if queries.is_file() else {}
+        basis, texts, qrels = "held-out", {row.qid: row.query for row in data.dev}, held_out_qrels(data.dev, sources)
     scores = {
-        name: retrieval_ndcg(load_encoder(model, "torch", None, dict(overrides)), data.dev, qrels, corpus) if data.dev else {}
+        name: retrieval_ndcg(load_encoder(model, "torch", None, dict(overrides)), texts, qrels, corpus) if texts else {}
         for name, model in (("base", config.student), ("trained", str(candidate)))
     }
-    return decide(scores["base"], scores["trained"], config.gate_min_queries, config.gate_margin, config.gate_confidence, config.seed)
+    return decide(scores["base"], scores["trained"], config.gate_min_queries, config.gate_margin, config.gate_confidence, config.seed, basis)
 
 
 def save_model(model, prefixes: Prefixes, folder: Path, document_base: str | None = None) -> None:

@@ -193,14 +193,11 @@ def _print_audit(work: Path) -> None:
 
 def _print_selection(work: Path) -> None:
     """The teacher candidates' table and the choice; the no-headroom line in red."""
-    import json
+    from specialize.selection import measured_columns, read_selection
 
-    from specialize.selection import SELECTION, measured_columns
-
-    path = work / SELECTION
-    if not path.is_file():
+    selection = read_selection(work)
+    if selection is None:
         return
-    selection = json.loads(path.read_text())
     if selection["candidates"]:
         measured = measured_columns(selection)
         table = Table(title=f"teacher selection on {selection['basis']} queries (nDCG@10)")

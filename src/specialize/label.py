@@ -27,7 +27,7 @@ from specialize.config import Config, LabelConfig, PrefixConfig
 from specialize.errors import SpecializeError, located
 from specialize.mine import read_corpus, read_queries
 from specialize.progress import progress_bar
-from specialize.selection import AUTO, SELECTION, select_teacher
+from specialize.selection import AUTO, SELECTION, read_selection, select_teacher
 from specialize.teachers import Teacher, TeacherSpec, load_teacher, needs_corpus, parse_teacher, score_many
 
 DROP_REASONS = ("source_not_first", "short_list", "low_top_score")
@@ -99,12 +99,17 @@ def read_candidates(path: Path, queries: Mapping[str, Mapping[str, Any]]) -> Ite
         yield number, record
 
 
-def _labels_key(teacher: TeacherSpec, workdir: Path) -> str:
-    """What labels.jsonl depends on: the teacher and the three input files."""
-    digest = hashlib.sha256(str(teacher).encode())
+def _inputs_key(head: str, workdir: Path) -> str:
+    """A key of ``head`` and the three input files of the stage."""
+    digest = hashlib.sha256(head.encode())
     for name in ("corpus.jsonl", "queries.jsonl", "candidates.jsonl"):
         digest.update(fingerprint(workdir / name).encode())
     return digest.hexdigest()[:16]
+
+
+def _labels_key(teacher: TeacherSpec, workdir: Path) -> str:
+    """What labels.jsonl depends on: the teacher and the three input files."""
+    return _inputs_key(str(teacher), workdir)
 
 
 def score_candidates(
@@ -208,17 +213,12 @@ def selected_teacher(workdir: Path, run: Config, corpus: tuple[Sequence[str], Se
     """``teacher.json``: reused when made from the same inputs and selection settings, else chosen again."""
     settings = run.model_dump(mode="json", include={"label": SELECTION_SETTINGS, "train": {"student"}, "mine": True, "prefixes": True,
                                                     "prepare": {"corpus"}})
-    digest = hashlib.sha256(config_hash(settings).encode())
-    for name in ("corpus.jsonl", "queries.jsonl", "candidates.jsonl"):
-        digest.update(fingerprint(workdir / name).encode())
-    key = digest.hexdigest()[:16]
-    path = workdir / SELECTION
-    if path.is_file():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        if previous.get("key") == key:
-            return previous
+    key = _inputs_key(config_hash(settings), workdir)
+    previous = read_selection(workdir)
+    if previous is not None and previous.get("key") == key:
+        return previous
     selection = {"key": key, **select_teacher(workdir, run, corpus, queries)}
-    write_json(path, selection)
+    write_json(workdir / SELECTION, selection)
     return selection
 
 

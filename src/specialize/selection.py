@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -185,7 +186,8 @@ def select_teacher(workdir: Path, config: Config, corpus: tuple[Sequence[str], S
     budget = label.max_teacher_hours * 3600
     members, scores, rows = [], [], []  # scores: per basis, per member, qid -> normalized scores
     normalize = NORMALIZERS[label.ensemble_normalization]
-    items = [(basis.queries[q], [text_of[d] for d in basis.lists[q]]) for basis in bases for q in basis.lists]
+    items_of = [[(basis.queries[q], [text_of[d] for d in basis.lists[q]]) for q in basis.lists] for basis in bases]
+    items = [item for basis_items in items_of for item in basis_items]
     for name in names:
         build, estimate, how = probe_cost(parse_teacher(name), config, corpus, items, total_pairs)
         row: dict[str, Any] = {"teacher": name, "estimated_seconds": round(estimate, 1), "cost_probe": how}
@@ -197,16 +199,21 @@ def select_teacher(workdir: Path, config: Config, corpus: tuple[Sequence[str], S
         started = time.perf_counter()
         with progress_bar(f"{name} · selection", total=len(items), unit="queries") as advance:
             member = []
-            for basis in bases:
-                qids = list(basis.lists)
-                raw = score_many(teacher, [(basis.queries[q], [text_of[d] for d in basis.lists[q]]) for q in qids])
-                member.append({q: normalize(scores) for q, scores in zip(qids, raw)})
-                advance(len(qids))
+            for basis, basis_items in zip(bases, items_of):
+                raw = score_many(teacher, basis_items)
+                member.append({q: normalize(scores) for q, scores in zip(basis.lists, raw)})
+                advance(len(basis_items))
         row["seconds"] = round(time.perf_counter() - started, 1)
         members.append(name)
         scores.append(member)
         rows.append(row)
     return {**choose(bases, members, scores, rows, config), "synthetic_overlap": overlap, "seconds": round(time.perf_counter() - began, 1)}
+
+
+def read_selection(workdir: Path) -> dict[str, Any] | None:
+    """The work directory's ``teacher.json``, or None when the teacher was named."""
+    path = workdir / SELECTION
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def measured_columns(selection: Mapping[str, Any]) -> list[str]:
@@ -236,17 +243,17 @@ def choose(bases: Sequence[Basis], members: Sequence[str], scores: Sequence[Sequ
         fit = float(np.mean(list(fused_ndcg(decide, per_basis(0), weights, decide.fit).values())))
         if used not in best_of or fit > best_of[used][0] + 1e-9:
             best_of[used] = (fit, weights)
-    candidates = []
+    candidates, measured = [], {}  # measured: members used -> per-query nDCG@10 on the measure half
     for used, (fit, weights) in sorted(best_of.items(), key=lambda kv: (len(kv[0]), kv[0])):
         candidate = {"teacher": fusion_spec(members, weights), "members": len(used), "fit_ndcg@10": round(fit, 2)}
         for b, basis in enumerate(bases):
-            qids = basis.measure if b == 0 else list(basis.lists)
-            candidate[f"{basis.name} · measure" if b == 0 else basis.name] = round(float(np.mean(list(fused_ndcg(basis, per_basis(b), weights, qids).values()))), 2)
-        candidates.append((weights, candidate))
-    weights, chosen = max(candidates, key=lambda wc: wc[1]["fit_ndcg@10"])  # ties: the first, the fewest members
-    one_hot = tuple(1.0 if i == 0 else 0.0 for i in range(len(members)))
-    ours = fused_ndcg(decide, per_basis(0), weights, decide.measure)
-    theirs = fused_ndcg(decide, per_basis(0), one_hot, decide.measure)
+            per_query = fused_ndcg(basis, per_basis(b), weights, basis.measure if b == 0 else list(basis.lists))
+            if b == 0:
+                measured[used] = per_query
+            candidate[f"{basis.name} · measure" if b == 0 else basis.name] = round(float(np.mean(list(per_query.values()))), 2)
+        candidates.append((weights, used, candidate))
+    weights, used, chosen = max(candidates, key=lambda c: c[2]["fit_ndcg@10"])  # ties: the first, the fewest members
+    ours, theirs = measured[used], measured[(0,)]  # (0,): the student alone
     deltas = np.array([ours[q] - theirs[q] for q in decide.measure])
     margin = float(deltas.mean())
     low, high = paired_interval(deltas, label.headroom_confidence, label.seed) if len(deltas) >= 2 else (margin, margin)
@@ -263,5 +270,5 @@ def choose(bases: Sequence[Basis], members: Sequence[str], scores: Sequence[Sequ
         "fit_queries": len(decide.fit), "measure_queries": len(decide.measure),
         "bases": {basis.name: len(basis.lists) for basis in bases},
         "margin": round(margin, 2), "ci_low": round(low, 2), "ci_high": round(high, 2), "confidence": label.headroom_confidence,
-        "headroom": headroom, "reason": reason, "members": rows, "candidates": [c for _, c in candidates],
+        "headroom": headroom, "reason": reason, "members": rows, "candidates": [c for _, _, c in candidates],
     }

@@ -31,7 +31,7 @@ from specialize.evaluate import Qrels
 from specialize.mine import read_corpus, read_queries
 from specialize.models import Prefixes, model_prefixes, record_document_route
 from specialize.progress import stderr
-from specialize.selection import AUTO, SELECTION
+from specialize.selection import AUTO, read_selection
 from specialize.train.cached import CachedLoss
 from specialize.train.card import add_to_card, card_section, kept_base_section
 from specialize.train.data import (
@@ -260,12 +260,6 @@ def train(
         write_json(workdir / SUMMARY, summary)
     trainer.accelerator.wait_for_everyone()
     return manifest_counts(json.loads((workdir / SUMMARY).read_text(encoding="utf-8")))
-
-
-def read_selection(workdir: Path) -> dict[str, Any] | None:
-    """The label stage's teacher selection (``teacher.json``), or None when the teacher was named."""
-    path = workdir / SELECTION
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def keep_base(

@@ -217,7 +217,6 @@ GOOD = '{"_id": "1", "text": "first text"}\n{"_id": "2", "text": "second text"}\
     [
         ('{"title": "t", "text": "no id here"}', "missing id field"),
         ('{"_id": "3", "title": "no text"}', "missing text field"),
-        ('{"_id": "3", "text": "   "}', "empty text"),
         ('{"_id": "1", "text": "duplicate"}', "duplicate id '1'"),
         ('{"_id": "3", "text": "cut off', "not valid JSON"),
         ('{"_id": "3", "text": 42}', "text field 'text' is int, expected a string"),
@@ -266,8 +265,8 @@ def test_binary_file_in_text_folder(tmp_path: Path) -> None:
 
 def test_csv_errors_name_the_row_line(tmp_path: Path) -> None:
     path = tmp_path / "c.csv"
-    path.write_text('id,title,text\n1,t,"a text\nover two lines"\n2,t,\n', encoding="utf-8")
-    assert error_of(path) == f"{path}:4: empty text in field 'text' (id '2')"
+    path.write_text('id,title,text\n1,t,"a text\nover two lines"\n2,t\n', encoding="utf-8")
+    assert error_of(path) == f"{path}:4: 2 fields where the header has 3"
     path.write_text("id,title,text\n1,t,fine text\n2,t,x,extra\n", encoding="utf-8")
     assert error_of(path) == f"{path}:3: 4 fields where the header has 3"
     path.write_bytes(b"id,title,text\n1,t,fine text\n2,t,caf\xe9\n")
@@ -356,10 +355,8 @@ def test_skip_bad_counts_each_reason(tmp_path: Path) -> None:
     (tmp_path / "c.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     skipped: Counter[str] = Counter()
     loaded = list(load_corpus(tmp_path / "c.jsonl", skip_bad=True, skipped=skipped))
-    assert [d["_id"] for d in loaded] == ["1", "7"]
-    assert skipped == Counter(
-        missing_id=1, missing_text=1, empty_text=1, duplicate_id=1, bad_json=1, bad_encoding=1, bad_text=1
-    )
+    assert [d["_id"] for d in loaded] == ["1", "3", "7"]  # an empty text is no error: prepare drops and counts it
+    assert skipped == Counter(missing_id=1, missing_text=1, duplicate_id=1, bad_json=1, bad_encoding=1, bad_text=1)
 
 
 def test_skip_bad_with_nothing_left(tmp_path: Path) -> None:
@@ -462,9 +459,10 @@ def test_contained_in_a_later_doc_keeps_the_later_one() -> None:
 
 
 def test_short_and_empty_texts() -> None:
-    kept, counts = surviving({"tiny": "too short", "symbols": "12345 -- 678 !!", "ok": "long enough text"})
+    kept, counts = surviving({"tiny": "too short", "symbols": "12345 -- 678 !!", "ok": "long enough text", "none": ""})
     assert kept == ["ok"]
-    assert counts == Counter(too_short=1, no_content=1, contained=0)
+    assert counts == Counter(empty=1, too_short=1, no_content=1, contained=0)
+    assert surviving({"none": ""}, min_chars=0) == ([], Counter(empty=1))
     assert surviving({"tiny": "too short"}, min_chars=5)[0] == ["tiny"]
 
 
@@ -537,6 +535,7 @@ def test_prepare_writes_both_files_and_counts_add_up(docs: Docs, tmp_path: Path)
     assert counts == {
         "loaded": 202,
         "skipped_missing_text": 1,
+        "dropped_empty": 0,
         "dropped_too_short": 1,
         "dropped_no_content": 0,
         "dropped_duplicate": 1,
@@ -549,6 +548,15 @@ def test_prepare_writes_both_files_and_counts_add_up(docs: Docs, tmp_path: Path)
     passages = list(read_jsonl(work / "passages.jsonl"))
     assert len(passages) == 100 and all(len(p["text"]) <= 300 for p in passages)
     assert not {p["_id"] for p in passages} & {d["_id"] for d in docs[:11]}
+
+
+def test_prepare_drops_and_counts_empty_texts(docs: Docs, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A classic collection's document with a title and no abstract is dropped and counted, not a stop."""
+    write_jsonl(tmp_path / "c.jsonl", [*docs[:20], {"_id": "e1", "title": "A title alone", "text": ""}, {"_id": "e2", "text": "  "}])
+    counts = prepare(tmp_path / "c.jsonl", tmp_path / "work")
+    assert (counts["loaded"], counts["dropped_empty"], counts["corpus"]) == (22, 2, 20)
+    assert [d["_id"] for d in read_jsonl(tmp_path / "work" / "corpus.jsonl")] == [d["_id"] for d in docs[:20]]
+    assert "prepare: 2 documents with an empty text dropped" in capsys.readouterr().err
 
 
 def test_prepare_without_dedup_keeps_duplicates(docs: Docs, tmp_path: Path) -> None:

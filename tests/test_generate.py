@@ -4,6 +4,7 @@ after a kill, the OpenAI-compatible backend over HTTP, and one-line errors from 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import TINY_CHAT_TEMPLATE
@@ -80,9 +81,10 @@ def test_every_bundled_type_gets_a_reply_and_kept_queries_are_clean(gemma_run, o
         assert not copies_passage(text, texts[query["source_id"]])
     assert counts["passages"] == counts["generated"] == 6 and counts["generated_now"] == 6
     assert counts["kept"] == len(queries) and counts["kept"] + sum(counts[f"dropped_{r}"] for r in REASONS) == 6
+    assert list(counts["by_type"]) == list(QUERY_TYPES)
     for kind in QUERY_TYPES:
-        assert counts[f"generated_{kind}"] == 1
-        assert counts[f"kept_{kind}"] + sum(counts[f"dropped_{r}_{kind}"] for r in REASONS) == 1
+        row = counts["by_type"][kind]
+        assert row["generated"] == 1 and row["kept"] + sum(row[f"dropped_{r}"] for r in REASONS) == 1
     assert counts["queries_per_second"] > 0 and counts["generations_reused"] == 0
 
 
@@ -208,7 +210,7 @@ def test_cleaning_keeps_the_query_and_counts_every_drop_by_reason_and_type(tmp_p
         assert counts[f"dropped_{reason}"] == list(DROPPED.values()).count(reason)
         for kind in ("question", "msmarco"):
             expected = sum(DROPPED.get(title) == reason and kinds[f"d-{title}"] == kind for title in SCRIPT)
-            assert counts[f"dropped_{reason}_{kind}"] == expected, (reason, kind)
+            assert counts["by_type"][kind][f"dropped_{reason}"] == expected, (reason, kind)
     assert [call[0] for call in llm.calls] == [4, 4, 2]
     assert all(call[1:3] == (0.8, 50) for call in llm.calls)
     # One example group (32 passages): the prompts of one type one after the other, in passage order within a type.
@@ -315,7 +317,7 @@ def test_retries_resample_rejected_replies_and_count_what_they_recover(tmp_path)
     assert rows["d-beta"]["raw"].endswith(str(retry_seed(first[1], 1))) and rows["d-beta"]["rejected"][0].startswith("beta. ")
     assert {q["source_id"] for q in _lines(work / "queries.jsonl")} == {"d-alpha", "d-beta", "d-gamma"}
     assert (counts["retried"], counts["recovered"], counts["kept"], counts["dropped_copies_passage"]) == (2, 1, 3, 1)
-    assert (counts["retried_question"], counts["recovered_question"]) == (2, 1)
+    assert (counts["by_type"]["question"]["retried"], counts["by_type"]["question"]["recovered"]) == (2, 1)
 
     # Without retries the same first replies are dropped; the retries setting is part of the key.
     plain = generate(work, GenerateConfig(types=["question"], block=4, retries=0), llm=Flaky(bad={"beta", "delta"}))
@@ -411,7 +413,9 @@ def test_cli_generates_through_a_server_and_skips_when_unchanged(echo_server, on
     args = ("generate", "-w", str(work), "--backend", "openai", "--base-url", echo_server.url, "--model", "served", "--types", "question,claim")
     result = cli(*args)
     assert result.returncode == 0, result.stderr
-    assert "done in" in result.stdout and "kept: 6" in result.stdout and "dropped_copies_passage" in result.stdout
+    assert "done in" in result.stdout and re.search(r"^ +kept +3 +3 +6$", result.stdout, re.M)  # types as columns, then all
+    assert "dropped_copies_passage" not in result.stdout  # a row of zeros is hidden; --verbose shows every count
+    assert re.search(r"^ +dropped_copies_passage +0 +0 +0$", cli("--verbose", *args, "--force").stdout, re.M)
     manifest = json.loads((work / "stages" / "generate.json").read_text())
     assert set(manifest["outputs"]) == {"generations.jsonl", "queries.jsonl"} and manifest["counts"]["kept"] == 6
     assert {q["type"] for q in _lines(work / "queries.jsonl")} <= {"question", "claim"}

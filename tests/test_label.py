@@ -76,8 +76,9 @@ def test_filter_normalize_split_by_hand(tmp_path):
     assert counts["labelled"] == 5 and counts["kept"] == 2 and counts["dev"] == len(dev) == 2
     assert counts["train"] == len({"q1", "q2"} - dev) and "q3" not in dev
     assert counts["dropped_short_list"] == counts["dropped_source_not_first"] == counts["dropped_low_top_score"] == 1
-    assert counts["dropped_source_not_first_keywords"] == 1 and counts["dropped_low_top_score_claim"] == 1
-    assert counts["kept_claim"] == 2 and counts["kept_keywords"] == 0
+    claim, keywords = counts["by_type"]["claim"], counts["by_type"]["keywords"]
+    assert keywords["dropped_source_not_first"] == 1 and claim["dropped_low_top_score"] == 1
+    assert claim["kept"] == 2 and keywords["kept"] == 0
     rows = {row["qid"]: row for row in _lines(tmp_path / "train.jsonl") + _lines(tmp_path / "dev.jsonl")}
     assert rows["q1"] == {"qid": "q1", "query": "text q1", "type": "claim", "doc_ids": ["b", "c"], "scores": pytest.approx([3 / 9, 2 / 9])}
     assert rows["q2"]["doc_ids"] == ["d", "e"] and rows["q2"]["scores"] == pytest.approx([5 / 9, 4 / 9])

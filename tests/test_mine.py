@@ -82,10 +82,11 @@ def test_real_mining_on_scifact(workdir, monkeypatch):
     queries = {q["qid"]: q for q in map(json.loads, (workdir / "queries.jsonl").read_text().splitlines())}
 
     assert counts["queries"] == 32 and counts["kept"] == len(candidates) >= 27  # most real claims round-trip
-    assert counts["dropped_source_missing"] == counts["dropped_source_missing_claim"] == 1
-    assert counts["dropped_roundtrip_keywords"] == 1 and counts["kept_keywords"] == 0
+    claim, keywords = counts["by_type"]["claim"], counts["by_type"]["keywords"]
+    assert counts["dropped_source_missing"] == claim["dropped_source_missing"] == 1
+    assert keywords["dropped_roundtrip"] == 1 and keywords["kept"] == 0
     for outcome in ("kept", "dropped_roundtrip", "dropped_source_missing"):
-        assert counts[outcome] == counts[f"{outcome}_claim"] + counts[f"{outcome}_keywords"]
+        assert counts[outcome] == claim[outcome] + keywords[outcome]
     assert counts["kept"] + counts["dropped_roundtrip"] + counts["dropped_source_missing"] == counts["queries"]
     assert 0.8 < counts["roundtrip_rate_bm25"] <= 1 and 0.8 < counts["roundtrip_rate_bundled:minilm"] <= 1
     for record in candidates:

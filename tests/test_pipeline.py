@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 
 import pytest
 from conftest import TINY_CHAT_TEMPLATE
 from test_cli import assert_one_line_error, cli
 
+from specialize.artifacts import read_jsonl
 from specialize.errors import SpecializeError
+from specialize.config import QUERY_TYPES
 from specialize.pipeline import STAGES, Pipeline, stage_range
+from specialize.report import funnel
 
 
 def _overrides(work, corpus):
@@ -84,6 +88,12 @@ def test_run_end_to_end_with_a_kill_and_a_resume(tmp_path, scifact_slice, gemma_
         assert f"| {label} | {100 * row['ndcg@10']:.2f} | {100 * row['recall@100']:.2f} |" in md
     kept = json.loads((work / "stages" / "label.json").read_text())["counts"]["kept"]
     assert re.search(rf"\| all \| \d+ \| \d+ \| \d+ \| {kept} \|", md)
+    # The funnel, read from the manifests the run wrote, against the queries the run wrote: its types and totals.
+    generated, kept_types = (Counter(row["type"] for row in read_jsonl(work / name)) for name in ("generations.jsonl", "queries.jsonl"))
+    types, steps, per_type = funnel(work)
+    assert set(types) <= set(QUERY_TYPES) and set(generated) <= set(types) and steps[:2] == ["generated", "after cleaning"]
+    assert {kind: per_type[kind][:2] for kind in types} == {kind: [generated[kind], kept_types[kind]] for kind in types}
+    assert f"| all | {sum(generated.values())} | {sum(kept_types.values())} |" in md
     assert (work / "report.html").stat().st_size > 10_000 and (work / "audit.json").is_file()
     # Everything done: a second run skips every stage.
     again = Pipeline(None, **_overrides(work, scifact_slice)).run()

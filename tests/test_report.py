@@ -20,20 +20,22 @@ def _write(path, payload):
 def workdir(tmp_path):
     stages = tmp_path / "stages"
     _write(stages / "prepare.json", {"counts": {"passages": 40}})
-    _write(stages / "generate.json", {"counts": {"generated_claim": 20, "kept_claim": 18, "generated_title": 20, "kept_title": 15, "generated_now": 40}})
-    _write(stages / "mine.json", {"counts": {"kept_claim": 16, "kept_title": 11}})
-    _write(stages / "label.json", {"counts": {"kept_claim": 12, "train_claim": 11, "kept_title": 7, "train_title": 6}})
+    _write(stages / "generate.json", {"counts": {"generated": 40, "kept": 33, "generated_now": 40, "by_type": {
+        "claim": {"generated": 20, "kept": 18}, "title": {"generated": 20, "kept": 15}}}})
+    _write(stages / "mine.json", {"counts": {"kept": 27, "by_type": {"claim": {"kept": 16}, "title": {"kept": 11}}}})
+    _write(stages / "label.json", {"counts": {"kept": 19, "by_type": {"claim": {"kept": 12, "train": 11}, "title": {"kept": 7, "train": 6}}}})
     _write(tmp_path / "audit.json", {"teacher": "bm25", "student": "bundled:minilm", "warning": "the teacher (bm25) does not beat it",
                                      "synthetic": {"queries": 27, "teacher": {"ndcg@10": 81.25, "mrr@10": 77.5}, "student": {"ndcg@10": 83.5, "mrr@10": 80.0}},
                                      "qrels": None})
     gate = {"queries": 52, "base": 71.4, "trained": 74.9, "delta": 3.5, "ci_low": 0.8, "ci_high": 6.1, "confidence": 0.95, "margin": 0.0,
             "decision": "trained", "reason": "published the trained model: +3.50 nDCG@10 on 52 held-out queries, 95% CI +0.80 … +6.10"}
-    _write(tmp_path / "train.json", {"loss": "listwise", "mode": "query", "steps": 6, "published": "trained", "gate": gate,
+    _write(tmp_path / "train.json", {"student": "bundled:minilm", "output": "models/student", "loss": "listwise", "mode": "query", "steps": 6,
+                                     "published": "trained", "gate": gate,
                                      "verdict": f"Publish gate: {gate['reason']}."})
     _write(tmp_path / "train_log.json", [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.1}, {"step": 2, "eval_loss": 2.3}, {"step": 4, "eval_loss": 2.2}])
     _write(tmp_path / "eval" / "scifact.json", {"dataset": "scifact", "split": "test", "queries": 300, "docs": 5183, "models": {
         "bundled:minilm": {"ndcg@10": 0.6451, "recall@100": 0.925, "mrr@10": 0.6047},
-        "work/model": {"ndcg@10": 0.6612, "recall@100": 0.93, "mrr@10": 0.62},
+        str(tmp_path / "models" / "student"): {"ndcg@10": 0.6612, "recall@100": 0.93, "mrr@10": 0.62},
         str(tmp_path / "variants" / "type-claim" / "models" / "student"): {"ndcg@10": 0.6533, "recall@100": 0.92, "mrr@10": 0.61}}})
     return tmp_path
 
@@ -48,10 +50,11 @@ def test_funnel_reads_each_stage(workdir):
 def test_report_holds_the_workdir_numbers(workdir):
     md_path, html_path = report(workdir)
     md = md_path.read_text()
+    assert md.split("\n## ")[1].startswith("Result\n\nscifact test (300 queries): nDCG@10 64.51 for the base bundled:minilm, 66.12 specialized (+1.61).")
     for fragment in ("| claim | 20 | 18 | 16 | 12 | 11 |", "| all | 40 | 33 | 27 | 19 | 17 |", "40 passages were sampled",
                      "| synthetic queries (source passage) | 27 | 81.25 | 83.50 | 77.50 | 80.00 |", "**Warning:** the teacher (bm25)",
                      "| 52 | 71.40 | 74.90 | +3.50 | +0.80 … +6.10 | trained |", "Publish gate: published the trained model: +3.50",
-                     "| mode | query |", "| bundled:minilm | 64.51 | 92.50 | 60.47 |", "| work/model | 66.12 | 93.00 | 62.00 |",
+                     "| mode | query |", "| bundled:minilm | 64.51 | 92.50 | 60.47 |", "| models/student | 66.12 | 93.00 | 62.00 |",
                      "| variants/type-claim/models/student | 65.33 | 92.00 | 61.00 |",
                      "![Training](report/loss.png)", "300 queries over 5,183 documents"):
         assert fragment in md, fragment

@@ -21,10 +21,12 @@ from transformers import TrainerCallback
 
 from specialize.config import TrainConfig
 from specialize.errors import SpecializeError
-from specialize.models import resolve_model
+from specialize.encoder import cached_corpus, encode_corpus, load_encoder
+from specialize.mine import read_corpus
+from specialize.models import document_fingerprint, model_fingerprint, resolve_model
 from specialize.train import CachedLoss, InfoNCELoss, ListwiseDistillationLoss, MarginMSELoss
 from specialize.train.data import read_lists, training_subset
-from specialize.train.recipe import build_loss, default_learning_rate
+from specialize.train.recipe import build_loss, default_learning_rate, warmup_steps
 from specialize.train.stage import train
 from test_cli import SCRIPT
 
@@ -141,8 +143,8 @@ def test_cli_publishes_a_loadable_model_with_a_card_of_facts(cli_run):
         assert fact in card, fact
     assert card[card.index("\n## ") + 1 :].startswith("## Specialized with")  # ours first, after the title
     manifest = json.loads((work / "stages" / "train.json").read_text())
-    assert manifest["counts"]["train_claim"] == 5 and manifest["counts"]["published"] == summary["published"]
-    assert "gate_delta" in out and summary["verdict"][:40] in err
+    assert manifest["counts"]["by_type"]["claim"]["train"] == 5 and manifest["counts"]["published"] == summary["published"]
+    assert f"gate_base {round(summary['gate']['base'], 4)}" in out and summary["verdict"][:40] in err
 
 
 def test_losses_are_logged_by_step(cli_run):
@@ -175,6 +177,13 @@ def test_each_loss_is_selectable_and_configured_from_the_train_section(minilm):
     assert isinstance(cached, CachedLoss) and cached.loss is loss and cached.mini_batch_size == 1
     _, uncached = build_loss(tiny(mini_batch_size=2), minilm)  # not smaller than the batch: nothing to cache
     assert not isinstance(uncached, CachedLoss)
+
+
+def test_warmup_never_takes_more_than_a_quarter_of_a_run():
+    assert warmup_steps(tiny(max_steps=None, epochs=1, warmup_epochs=0.5, batch_size=8), 24, 1) == 0  # 3 steps: none at a rate of 0
+    assert warmup_steps(tiny(max_steps=None, epochs=1, warmup_epochs=0.5, batch_size=8), 64, 1) == 2  # 8 steps: a quarter, not half
+    assert warmup_steps(tiny(max_steps=None, epochs=3, warmup_epochs=0.5, batch_size=8), 800, 1) == 50  # 300 steps: half an epoch
+    assert warmup_steps(tiny(max_steps=3, warmup_epochs=0.5, batch_size=8), 800, 1) == 0
 
 
 def test_learning_rate_by_parameter_count():
@@ -245,10 +254,21 @@ def test_a_worse_model_is_not_published_unless_keep_worse(tmp_path, lists_dir, m
     assert summary["gate"]["ci_low"] <= 0 and summary["verdict"].startswith("Publish gate: kept the base: -")
     assert published_is_base()
     assert summary["verdict"] in (work / "models" / "student" / "README.md").read_text()
+    # The base published is never embedded again: its corpus embeddings are the base's cache entry...
+    published = str(work / "models" / "student")
+    ids, texts = read_corpus(work / "corpus.jsonl")
+    encode_corpus(load_encoder("bundled:minilm"), ids, texts, 16)
+    assert document_fingerprint(published) == model_fingerprint("bundled:minilm") and cached_corpus(load_encoder(published), ids, texts)
+    pooling = work / "models" / "student" / "1_Pooling" / "config.json"
+    original = pooling.read_text()
+    assert '"mean"' in original
+    pooling.write_text(original.replace('"mean"', '"cls"'))
+    assert document_fingerprint(published) != model_fingerprint("bundled:minilm")  # ...until its files change
+    pooling.write_text(original)
 
     counts = train(work, tiny(learning_rate=1.0, gate_min_queries=4, keep_worse=True))
     assert counts["published"] == "trained"
-    assert not published_is_base()
+    assert not published_is_base() and document_fingerprint(published) != model_fingerprint("bundled:minilm")
 
 
 # --- DDP ----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import csv
 import gzip
 import io
 import json
+import re
 
 import pytest
 import yaml
@@ -123,7 +124,7 @@ def test_generate_writes_the_files_queries_without_a_source_and_nothing_half_wri
     counts = generate(work, GenerateConfig(queries=str(path), model="/no/such/model.gguf"))  # a model would fail to load
     queries = _lines(work / "queries.jsonl")
     assert queries == [{"qid": row["id"], "text": row["text"], "type": row.get("type", "user"), "source_id": None, "generator": str(path)} for row in rows]
-    assert counts == {"user_queries": 12, "kept": 12, "kept_claim": 6, "kept_user": 6}
+    assert counts == {"user_queries": 12, "kept": 12, "by_type": {"claim": {"kept": 6}, "user": {"kept": 6}}}
     assert not (work / "generations.jsonl").exists()
 
     before = (work / "queries.jsonl").read_bytes()
@@ -141,7 +142,7 @@ def test_the_file_is_the_stage_input_editing_it_reruns_generate_and_mine(claims,
     cfg = load_config(None, overrides)
     assert [run_stage(cfg, stage)["skipped"] for stage in ("generate", "mine")] == [False, False]
     mined = json.loads((work / "stages" / "mine.json").read_text())["counts"]
-    assert mined["kept"] == mined["kept_no_source"] == mined["kept_user"] == 12 and mined["dropped_roundtrip"] == 0
+    assert mined["kept"] == mined["kept_no_source"] == mined["by_type"]["user"]["kept"] == 12 and mined["dropped_roundtrip"] == 0
     assert not any(key.startswith("roundtrip_rate") for key in mined)  # no query had a source to find
     for record in _lines(work / "candidates.jsonl"):
         assert record["source_rank"] is None and len(record["doc_ids"]) == 8 == len(set(record["doc_ids"]))
@@ -167,8 +168,9 @@ def test_require_source_first_steps_aside_without_a_source_and_other_filters_app
 def test_the_funnel_of_user_queries(tmp_path):
     stages = tmp_path / "stages"
     stages.mkdir()
-    for stage, counts in {"generate": {"user_queries": 9, "kept": 9, "kept_claim": 4, "kept_user": 5}, "mine": {"kept_claim": 4, "kept_user": 5},
-                          "label": {"kept_claim": 3, "train_claim": 2, "kept_user": 4, "train_user": 3}}.items():
+    for stage, counts in {"generate": {"user_queries": 9, "kept": 9, "by_type": {"claim": {"kept": 4}, "user": {"kept": 5}}},
+                          "mine": {"by_type": {"claim": {"kept": 4}, "user": {"kept": 5}}},
+                          "label": {"by_type": {"claim": {"kept": 3, "train": 2}, "user": {"kept": 4, "train": 3}}}}.items():
         (stages / f"{stage}.json").write_text(json.dumps({"counts": counts}))
     assert funnel(tmp_path) == (["claim", "user"], ["from your queries file", "mined (no round trip)", "after teacher filters", "train"],
                                 {"claim": [4, 4, 3, 2], "user": [5, 5, 4, 3]})
@@ -183,7 +185,7 @@ def test_cli_generate_takes_queries_and_errors_are_one_line(claims, tmp_path):
     args = ("generate", "-w", str(tmp_path / "work"), "--queries", str(path), "--model", "/no/such/model.gguf")
     result = cli(*args)
     assert result.returncode == 0, result.stderr
-    assert "user_queries: 12" in result.stdout and "kept_user: 12" in result.stdout
+    assert "user_queries 12" in result.stdout and re.search(r"kept +12 +12", result.stdout)  # totals, then the types table
     assert yaml.safe_load((tmp_path / "work" / "config.yaml").read_text())["generate"]["queries"] == str(path)
     assert "skipped" in cli(*args).stdout
     assert_one_line_error(cli("generate", "-w", str(tmp_path / "w2"), "--queries", str(tmp_path / "nope.txt")), "nope.txt: queries file not found")
@@ -246,5 +248,16 @@ def test_run_with_your_own_queries_end_to_end(user_run, claims, scifact_slice):
 
     report = (work / "report.md").read_text()
     assert "12 queries came from your queries file" in report and "stepped aside" in report
+    # The run ends, and the report starts, with the result against the base and the publish decision.
+    summary = json.loads((work / "train.json").read_text())
+    base = f"nDCG@10 {100 * results['models']['bundled:minilm']['ndcg@10']:.2f}"
+    first = report.split("\n## ")[1]
+    assert first.startswith("Result") and base in first and summary["verdict"] in first
+    end = result.stdout[result.stdout.index("result"):]
+    assert base in end and summary["verdict"] in end and f"SentenceTransformer({str(model)!r})" in end
+    assert "model.encode_query" in end and "--set prepare.max_passages=1000" in end and "report.html" in end
+    # Piped, not a terminal: whole lines only (no bar redrawn with \r, no colour codes), the trainer's steps included.
+    assert not re.search(r"\r|\x1b\[", result.stdout + result.stderr) and "{'loss'" not in result.stdout + result.stderr
+    assert re.search(r"^training: 2/2 steps · [\d.]+ steps/s · \d+:\d\d:\d\d$", result.stderr, re.M)
     assert "| type | from your queries file | mined (no round trip) | after teacher filters | train |" in report
     assert f"| user | 12 | 12 | {labelled['kept']} | {labelled['train']} |" in report

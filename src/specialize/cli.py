@@ -12,12 +12,17 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
+from rich import box
+from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
 
 from specialize import __version__
 from specialize.config import Config, load_config, parse_assignment, write_resolved
+from specialize.counts import by_type, totals
 from specialize.errors import SpecializeError
+from specialize.progress import stderr
+from specialize.progress import stdout as console
 
 app = typer.Typer(
     help="Make an embedding model specialize in one corpus.",
@@ -25,7 +30,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+COUNTS_PER_LINE = 4
+BIGGER_PASSAGES = 1000
+_VERBOSE = False
 
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
 WorkdirOption = Annotated[Optional[Path], typer.Option("--workdir", "-w", help="Work directory [default: specialize-work].")]
@@ -188,7 +195,7 @@ def _print_audit(work: Path) -> None:
             table.add_row(name, str(row["queries"]), *(f"{row[w][m]:.2f}" for m in ("ndcg@10", "mrr@10") for w in ("teacher", "student")))
     console.print(table)
     if report.get("warning"):
-        Console(stderr=True).print(f"[bold red]WARNING:[/bold red] {report['warning']}", highlight=False, soft_wrap=True)
+        stderr.print(f"[bold red]WARNING:[/bold red] {report['warning']}", highlight=False, soft_wrap=True)
 
 
 def _print_selection(work: Path) -> None:
@@ -208,9 +215,9 @@ def _print_selection(work: Path) -> None:
         console.print(table)
     for member in selection["members"]:
         if member.get("skipped"):
-            Console(stderr=True).print(f"skipped {member['teacher']}: {member['skipped']}", highlight=False, soft_wrap=True)
+            stderr.print(f"skipped {member['teacher']}: {member['skipped']}", highlight=False, soft_wrap=True)
     style = "bold red" if selection["headroom"] is False else "bold"
-    Console(stderr=True).print(f"[{style}]teacher:[/{style}] {selection['reason']}", highlight=False, soft_wrap=True)
+    stderr.print(f"[{style}]teacher:[/{style}] {selection['reason']}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -260,7 +267,9 @@ def run(
     force_train: ForceTrainOption = None,
 ) -> None:
     """Run every stage in order, skipping those already done; then write the report."""
-    _run_pipeline(_config(config, workdir, sets, **{"generate.queries": queries, "train.force_train": force_train}), start, stop, force, ablate_types)
+    cfg = _config(config, workdir, sets, **{"generate.queries": queries, "train.force_train": force_train})
+    rerun = " ".join(["specialize run", *([str(config)] if config else []), "--workdir", str(cfg.workdir)])
+    _run_pipeline(cfg, start, stop, force, rerun, ablate_types)
 
 
 @app.command()
@@ -272,23 +281,37 @@ def demo(
     """The whole pipeline on the bundled SciFact with the bundled models, sized for a laptop CPU."""
     from specialize.pipeline import DEMO_CONFIG
 
-    _run_pipeline(_config(DEMO_CONFIG, workdir, sets), None, None, force)
+    _run_pipeline(_config(DEMO_CONFIG, workdir, sets), None, None, force, f"specialize demo --workdir {workdir}")
 
 
-def _run_pipeline(cfg: Config, start: str | None, stop: str | None, force: bool, ablate_types: bool = False) -> None:
-    """Run the stages, print each one's counts, then the evaluation, the model and the report."""
+def _run_pipeline(cfg: Config, start: str | None, stop: str | None, force: bool, bigger: str, ablate_types: bool = False) -> None:
+    """Run the stages, print each one's counts, then the result (``bigger``: the command that reruns it, for the hint)."""
     from specialize.pipeline import Pipeline
 
-    work = Path(cfg.workdir)
     Pipeline(cfg).run(start, stop, force, on_stage=_report_stage, ablate_types=ablate_types)
-    summary = work / "train.json"
-    if summary.is_file():
-        import json
+    _print_result(cfg, bigger)
 
-        facts = json.loads(summary.read_text())
-        console.print(f"[bold]model[/bold]: {work / cfg.train.output} ({facts.get('published', 'trained')} model published)")
+
+def _print_result(cfg: Config, bigger: str) -> None:
+    """The end of a run: the result against the base, where the model is, how to use it, how to make the run bigger."""
+    from specialize.report import result_lines
+
+    work = Path(cfg.workdir)
+    model = work / cfg.train.output
+    lines = result_lines(work)
+    if lines:
+        console.rule("[bold]result")
+        for line in lines:
+            console.print(line, highlight=False, soft_wrap=True)
+        console.print(f"[bold]model[/bold]: {model}", highlight=False, soft_wrap=True)
+        console.print("[bold]use it[/bold]:", highlight=False)
+        console.print(f"  from sentence_transformers import SentenceTransformer\n  model = SentenceTransformer({str(model)!r})\n"
+                      "  queries, docs = model.encode_query([\"a question\"]), model.encode_document([\"a passage\"])",
+                      highlight=False, soft_wrap=True, markup=False)
+        console.print(f"[bold]bigger[/bold]: {bigger} --set prepare.max_passages={BIGGER_PASSAGES}  "
+                      "(more queries; the method pays from about a thousand)", highlight=False, soft_wrap=True)
     if (work / "report.md").is_file():
-        console.print(f"[bold]report[/bold]: {work / 'report.md'}, {work / 'report.html'}")
+        console.print(f"[bold]report[/bold]: {work / 'report.md'}, {work / 'report.html'}", highlight=False, soft_wrap=True)
 
 
 def _stage(cfg: Config, name: str, force: bool) -> None:
@@ -323,17 +346,41 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print every count of every stage, zeros too.")] = False,
 ) -> None:
     """Make an embedding model specialize in one corpus."""
+    global _VERBOSE
+    _VERBOSE = verbose
 
 
 def _print_counts(stage: str, manifest: dict, workdir: Path) -> None:
+    """A stage's state, its non-zero totals on a few lines and its per-type counts as one table (types as columns);
+    with --verbose every count, zeros too, and the manifest's path."""
     state = "up to date, skipped (--force reruns it)" if manifest["skipped"] else f"done in {manifest['seconds']:.1f}s"
     console.print(f"[bold]{stage}[/bold]: {state}")
-    for key, value in manifest["counts"].items():
-        console.print(f"  {key}: {value:,}" if isinstance(value, int) else f"  {key}: {value}")
-    path = workdir / "stages" / f"{manifest['stage']}.json"
-    console.print(f"  manifest: {path}")
+    table = by_type(manifest["counts"])
+    outcomes = list(dict.fromkeys(outcome for row in table.values() for outcome in row))
+    shown = [outcome for outcome in outcomes if _VERBOSE or any(row.get(outcome) for row in table.values())]
+    plain = {key: value for key, value in totals(manifest["counts"]).items()
+             if _VERBOSE or (key not in outcomes and value not in (0, 0.0, None))}
+    if plain:
+        grid = Table.grid(padding=(0, 3))
+        cells = [f"{escape(key)} [bold]{escape(f'{value:,}' if isinstance(value, int) and not isinstance(value, bool) else str(value))}[/bold]"
+                 for key, value in plain.items()]
+        for start in range(0, len(cells), COUNTS_PER_LINE):
+            grid.add_row(*cells[start : start + COUNTS_PER_LINE])
+        console.print(Padding(grid, (0, 0, 0, 2), expand=False))
+    if shown:
+        types = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1), pad_edge=False)
+        for column in ("", *table, "all"):
+            types.add_column(column, justify="left" if not column else "right")
+        for outcome in shown:
+            values = [int(row.get(outcome, 0)) for row in table.values()]
+            types.add_row(outcome, *(f"{value:,}" for value in values), f"{sum(values):,}")
+        console.print(Padding(types, (0, 0, 0, 2), expand=False))
+    if _VERBOSE:
+        path = workdir / "stages" / f"{manifest['stage']}.json"
+        console.print(f"  manifest: {path}")
 
 
 def main() -> None:
@@ -341,8 +388,8 @@ def main() -> None:
     try:
         app()
     except SpecializeError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        stderr.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted: finished work is saved; rerun to resume")
+        stderr.print("interrupted: finished work is saved; rerun to resume")
         sys.exit(130)

@@ -33,7 +33,7 @@ from typing import IO, Any, NoReturn
 from specialize.artifacts import iter_jsonl, write_jsonl
 from specialize.errors import SpecializeError, located
 from specialize.models import cache_dir
-from specialize.progress import progress_bar
+from specialize.progress import progress_bar, stderr
 
 Doc = dict[str, str]
 Record = tuple[Path, int | None, dict[str, Any]]
@@ -44,7 +44,7 @@ TEXT_FIELDS = ("text", "contents", "content", "body", "passage")
 TITLE_FIELDS = ("title",)
 QUERY_ID_FIELDS = ("_id", "id", "qid")
 QUERY_TEXT_FIELDS = ("text", "query")
-DROP_REASONS = ("too_short", "no_content", "duplicate", "contained")
+DROP_REASONS = ("empty", "too_short", "no_content", "duplicate", "contained")
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
 _DEMO_DATA = Path(__file__).parent / "data"
@@ -148,7 +148,9 @@ class _Invalid(Exception):
 class _Checker:
     """Turns raw records into documents: picks the fields (the first of each list present), checks them, rejects duplicate ids."""
 
-    def __init__(self, id_fields: Sequence[str], title_fields: Sequence[str], text_fields: Sequence[str]) -> None:
+    def __init__(self, id_fields: Sequence[str], title_fields: Sequence[str], text_fields: Sequence[str], empty_text: bool = False) -> None:
+        """``empty_text``: a record may have an empty text (a document: prepare drops and counts it); else it is invalid."""
+        self.empty_text = empty_text
         self.id_fields = id_fields
         self.text_fields = text_fields
         self.title_fields = title_fields
@@ -165,7 +167,7 @@ class _Checker:
         if not doc_id:
             raise _Invalid("empty_id", f"empty id in field {id_key!r}")
         text = _string(record[text_key], text_key, "text")
-        if not text:
+        if not text and not self.empty_text:
             raise _Invalid("empty_text", f"empty text in field {text_key!r} (id {doc_id!r})")
         title_key = next((key for key in self.title_fields if record.get(key) is not None), None)
         title = _string(record[title_key], title_key, "title") if title_key else ""
@@ -429,7 +431,8 @@ def load_corpus(
         counts[reason] += 1
 
     checker = _Checker(
-        (id_field,) if id_field else ID_FIELDS, (title_field,) if title_field else TITLE_FIELDS, (text_field,) if text_field else TEXT_FIELDS
+        (id_field,) if id_field else ID_FIELDS, (title_field,) if title_field else TITLE_FIELDS, (text_field,) if text_field else TEXT_FIELDS,
+        empty_text=True,
     )
     return _docs(path, _records(path, reject), checker.parse, reject)
 
@@ -570,9 +573,11 @@ def normalize_for_dedup(text: str) -> str:
 
 
 def _drop_short(docs: Iterable[Doc], min_chars: int, counts: Counter[str]) -> Iterator[Doc]:
-    """The documents whose text has at least ``min_chars`` characters; counts the others."""
+    """The documents with a text of at least ``min_chars`` characters; counts the others ('empty' or 'too_short')."""
     for doc in docs:
-        if len(doc["text"]) < min_chars:
+        if not doc["text"]:
+            counts["empty"] += 1
+        elif len(doc["text"]) < min_chars:
             counts["too_short"] += 1
         else:
             yield doc
@@ -596,7 +601,7 @@ def deduplicate(
 ) -> list[Doc]:
     """Drop short, content-free, duplicate and contained documents; keep the rest in input order.
 
-    Reasons counted: 'too_short', 'no_content' (nothing left after normalizing), 'duplicate'
+    Reasons counted: 'empty' (no text, a title alone), 'too_short', 'no_content' (nothing left after normalizing), 'duplicate'
     (same normalized text as an earlier document, which is kept) and 'contained' (normalized
     text is a prefix or a suffix of another's). ``merged_into``, when given, receives the id
     of the kept document that stands for each dropped duplicate or contained one.
@@ -681,6 +686,8 @@ def prepare(
     dropped: Counter[str] = Counter()
     merged_into: dict[str, str] = {}
     corpus = deduplicate(docs, min_chars, dropped, merged_into) if dedup else list(_drop_short(docs, min_chars, dropped))
+    if dropped["empty"]:
+        stderr.print(f"prepare: {dropped['empty']:,} documents with an empty text dropped (dropped_empty in the manifest)", highlight=False)
     relevant = relevant_test_ids(source, exclude_qrels)
     # A kept passage that absorbed a test-relevant duplicate is as good as relevant: never sample it.
     excluded = relevant | {merged_into[doc_id] for doc_id in relevant if doc_id in merged_into}

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import random
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 from specialize.artifacts import atomic_path, config_hash, finish_partial, finished_with_key, fingerprint, iter_jsonl, resume_partial, write_json
 from specialize.audit import audit, judged_queries
 from specialize.config import Config, LabelConfig, PrefixConfig
+from specialize.counts import TypeCounts
 from specialize.errors import SpecializeError, located
 from specialize.mine import read_corpus, read_queries
 from specialize.progress import progress_bar
@@ -170,7 +170,7 @@ def label(
     prefixes: Mapping[str, PrefixConfig] | None = None,
     teacher: Teacher | None = None,
     audit_with: Config | None = None,
-) -> dict[str, int | float]:
+) -> dict[str, Any]:
     """Write labels.jsonl, train.jsonl and dev.jsonl for the work directory; return the manifest counts.
 
     ``teacher`` replaces the one ``config.teacher`` names (tests, benchmarks). ``audit_with`` is the whole
@@ -247,10 +247,11 @@ def audit_counts(report: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def filter_and_split(workdir: Path, queries: Mapping[str, Mapping[str, Any]], config: LabelConfig) -> dict[str, int | float]:
+def filter_and_split(workdir: Path, queries: Mapping[str, Mapping[str, Any]], config: LabelConfig) -> dict[str, Any]:
     """Filter and normalize ``labels.jsonl`` and write the train/dev split; two streaming passes."""
     labels = workdir / "labels.jsonl"
-    counts: Counter[str] = Counter()
+    counts = TypeCounts()
+    no_source = 0
     all_scores: list[np.ndarray] = []
     kept_top: dict[str, float] = {}
     sourced: list[str] = []  # queries with a source passage and a full list: held-out candidates whatever the teacher says
@@ -258,12 +259,12 @@ def filter_and_split(workdir: Path, queries: Mapping[str, Mapping[str, Any]], co
         query = queries[record["qid"]]
         scores = np.asarray(record["scores"], dtype=np.float64)
         all_scores.append(scores)
-        counts["labelled_no_source"] += query["source_id"] is None
+        no_source += query["source_id"] is None
         reason = list_filter(record["doc_ids"], record["scores"], query["source_id"], config)
         if reason != "short_list" and query["source_id"] is not None:
             sourced.append(record["qid"])
         if reason is not None:
-            counts[f"dropped_{reason}_{query['type']}"] += 1
+            counts.add(f"dropped_{reason}", query["type"])
         else:
             kept_top[record["qid"]] = float(scores.max())
     low, high = score_bounds(np.concatenate(all_scores) if all_scores else np.zeros(0), config.low_percentile, config.high_percentile)
@@ -271,7 +272,7 @@ def filter_and_split(workdir: Path, queries: Mapping[str, Mapping[str, Any]], co
     floor = float(np.percentile(list(tops.values()), config.drop_below_percentile)) if tops else 0.0
     kept = [qid for qid, top in tops.items() if top >= floor]
     for qid in tops.keys() - set(kept):
-        counts[f"dropped_low_top_score_{queries[qid]['type']}"] += 1
+        counts.add("dropped_low_top_score", queries[qid]["type"])
     keep = set(kept)
     # Held out before the filters: a query whose teacher disagrees with its source is as fair a test
     # as one it finds easy (its source is the truth); a query without a source only when kept.
@@ -286,12 +287,10 @@ def filter_and_split(workdir: Path, queries: Mapping[str, Mapping[str, Any]], co
                 row = {"qid": record["qid"], "query": query["text"], "type": query["type"], "doc_ids": doc_ids, "scores": scores}
                 split = "dev" if record["qid"] in dev else "train"
                 (dev_out if split == "dev" else train_out).write(json.dumps(row, ensure_ascii=False) + "\n")
-                counts[f"kept_{query['type']}"] += record["qid"] in keep
-                counts[f"{split}_{query['type']}"] += 1
-    types = sorted({q["type"] for q in queries.values()})
+                counts.add("kept", query["type"], record["qid"] in keep)
+                counts.add(split, query["type"])
     outcomes = ["kept", "train", "dev", *(f"dropped_{reason}" for reason in DROP_REASONS)]
-    summary: dict[str, int | float] = {"labelled": len(all_scores), "labelled_no_source": counts["labelled_no_source"]}
-    summary.update({outcome: sum(counts[f"{outcome}_{kind}"] for kind in types) for outcome in outcomes})
-    summary.update({f"{outcome}_{kind}": counts[f"{outcome}_{kind}"] for kind in types for outcome in outcomes})
+    summary: dict[str, Any] = {"labelled": len(all_scores), "labelled_no_source": no_source}
+    summary.update(counts.summary(outcomes, sorted({q["type"] for q in queries.values()})))
     summary.update({"score_low": round(low, 6), "score_high": round(high, 6), "top_score_floor": round(floor, 6)})
     return summary

@@ -18,6 +18,7 @@ import numpy as np
 
 from specialize.artifacts import iter_jsonl, write_jsonl
 from specialize.config import MineConfig, PrefixConfig
+from specialize.counts import TypeCounts
 from specialize.encoder import Encoder, encode_corpus, load_encoder
 from specialize.errors import SpecializeError, located
 from specialize.evaluate import IndexKind, build_index, search_index
@@ -216,21 +217,23 @@ def retrieve_all(retrievers: Sequence[Retriever], queries: Sequence[str], depth:
     return results
 
 
-def mine(workdir: Path, config: MineConfig, prefixes: Mapping[str, PrefixConfig] | None = None) -> dict[str, int | float]:
+def mine(workdir: Path, config: MineConfig, prefixes: Mapping[str, PrefixConfig] | None = None) -> dict[str, Any]:
     """Write ``candidates.jsonl`` for the work directory's queries; return the counts for the manifest."""
     ids, texts = read_corpus(workdir / "corpus.jsonl")
     queries = read_queries(workdir / "queries.jsonl")
     position = {doc_id: i for i, doc_id in enumerate(ids)}
-    counts: Counter[str] = Counter()
+    counts = TypeCounts()
     for query in queries:
         if query["source_id"] is not None and query["source_id"] not in position:
-            counts[f"dropped_source_missing_{query['type']}"] += 1
+            counts.add("dropped_source_missing", query["type"])
     present = [query for query in queries if query["source_id"] is None or query["source_id"] in position]
     retrievers = load_retrievers(config, ids, texts, prefixes)
     results = retrieve_all(retrievers, [query["text"] for query in present], min(config.depth, len(ids)))
     hits: Counter[str] = Counter()
+    no_source = 0  # kept queries without a source passage (no round trip)
 
     def records() -> Iterator[dict[str, Any]]:
+        nonlocal no_source
         for row, query in enumerate(present):
             rankings = [positions[row][positions[row] >= 0].tolist() for positions in results]
             source = None if query["source_id"] is None else position[query["source_id"]]
@@ -238,29 +241,27 @@ def mine(workdir: Path, config: MineConfig, prefixes: Mapping[str, PrefixConfig]
                 in_top = roundtrip_hits(rankings, source, config.roundtrip_depth)
                 hits.update(retriever.name for retriever, hit in zip(retrievers, in_top) if hit)
                 if not passes_roundtrip(in_top, config.roundtrip):
-                    counts[f"dropped_roundtrip_{query['type']}"] += 1
+                    counts.add("dropped_roundtrip", query["type"])
                     continue
             fused = [doc for doc, _ in reciprocal_rank_fusion(rankings, config.rrf_k)]
             top, rank = candidate_list(fused, source, config.top_k)
-            counts[f"kept_{query['type']}"] += 1
-            counts["kept_no_source"] += source is None
+            counts.add("kept", query["type"])
+            no_source += source is None
             yield {"qid": query["qid"], "doc_ids": [ids[i] for i in top], "source_rank": rank}
 
     write_jsonl(workdir / "candidates.jsonl", records())
     round_trips = sum(query["source_id"] is not None for query in present)
-    return _summary(queries, len(ids), counts, hits, round_trips, [retriever.name for retriever in retrievers])
+    return _summary(queries, len(ids), counts, no_source, hits, round_trips, [retriever.name for retriever in retrievers])
 
 
 def _summary(
-    queries: Sequence[Mapping[str, Any]], docs: int, counts: Counter[str], hits: Counter[str], round_trips: int, names: Sequence[str]
-) -> dict[str, int | float]:
+    queries: Sequence[Mapping[str, Any]], docs: int, counts: TypeCounts, no_source: int, hits: Counter[str], round_trips: int,
+    names: Sequence[str],
+) -> dict[str, Any]:
     """Manifest counts: totals, kept and dropped per reason and per query type, kept without a source (no round trip),
     and the round-trip hit rate per retriever over the ``round_trips`` queries searched with a source (none when there are none)."""
-    types = sorted({query["type"] for query in queries})
     outcomes = ["kept", *(f"dropped_{reason}" for reason in DROP_REASONS)]
-    summary: dict[str, int | float] = {"queries": len(queries), "docs": docs}
-    summary.update({outcome: sum(counts[f"{outcome}_{kind}"] for kind in types) for outcome in outcomes})
-    summary["kept_no_source"] = counts["kept_no_source"]
-    summary.update({f"{outcome}_{kind}": counts[f"{outcome}_{kind}"] for kind in types for outcome in outcomes})
+    summary: dict[str, Any] = {"queries": len(queries), "docs": docs, "kept_no_source": no_source}
+    summary.update(counts.summary(outcomes, sorted({query["type"] for query in queries})))
     summary.update({f"roundtrip_rate_{name}": round(hits[name] / round_trips, 4) for name in names if round_trips})
     return summary

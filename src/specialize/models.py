@@ -311,29 +311,37 @@ def model_fingerprint(name: str) -> str:
 
 
 DOCUMENT_ROUTE = "document_route.json"
-"""In a query-side model's folder: the base model whose passage embeddings its document route gives."""
+"""In a published model's folder: the base model whose passage embeddings it gives (a query-side model's document
+route, or the base itself published untrained)."""
+CARD = "README.md"
 
 
 def _route_digest(folder: Path, route: str) -> str:
-    """sha256 over the files of one route of a saved Router model (its ``<route>_<n>_<Module>/`` folders)."""
-    combined = hashlib.sha256()
+    """sha256 over the files that give a saved model's ``route`` embeddings: that route's ``<route>_<n>_<Module>/``
+    folders in a Router model; every file but the card and the note in any other model."""
     modules = sorted(sub for sub in folder.glob(f"{route}_*") if sub.is_dir())
-    for file in sorted(p for sub in modules for p in sub.rglob("*") if p.is_file()):
+    if modules:
+        files = [p for sub in modules for p in sub.rglob("*") if p.is_file()]
+    else:
+        files = [p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() not in (CARD, DOCUMENT_ROUTE)]
+    combined = hashlib.sha256()
+    for file in sorted(files):
         combined.update(file.relative_to(folder).as_posix().encode() + b"\0" + _cached_sha256(file).encode())
     return combined.hexdigest()
 
 
 def record_document_route(folder: Path, base: str) -> None:
-    """Note in a saved query-side model that its document route is ``base``, unchanged (checked on every load)."""
+    """Note in a saved model that its passage embeddings are ``base``'s, the files that give them unchanged since
+    (checked on every load)."""
     write_json(folder / DOCUMENT_ROUTE, {"base": base, "base_fingerprint": model_fingerprint(base), "route_sha256": _route_digest(folder, "document")})
 
 
 def document_fingerprint(name: str) -> str:
     """The fingerprint of the model whose passage embeddings ``name`` gives, for the embedding cache.
 
-    A query-side model whose document route is its base, with the route's files as published, gives the
-    base's embeddings bit for bit: it shares the base's fingerprint, so its corpus is never embedded again.
-    Any other model (or a route changed since) is its own.
+    A query-side model whose document route is its base, or the base published untrained, with those files as
+    published, gives the base's embeddings bit for bit: it shares the base's fingerprint, so its corpus is never
+    embedded again. Any other model (or one changed since) is its own.
     """
     note = Path(resolve_model(name)) / DOCUMENT_ROUTE
     if note.is_file():

@@ -1,8 +1,14 @@
-"""One progress bar style for all long work: count, throughput and ETA, on stderr."""
+"""The consoles and one progress style for all long work: count, throughput and ETA, on stderr.
+
+On a terminal a rich bar; with no terminal behind stderr (a log file, a pipe) a plain line every
+``LOG_EVERY_SECONDS`` and one at the end, so a log holds whole lines, never a bar's fragments.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import sys
+import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
@@ -20,7 +26,18 @@ from rich.progress import (
 )
 from rich.text import Text
 
-stderr = Console(stderr=True)
+LOG_WIDTH = 160
+"""Columns of a console with no terminal behind it: tables in a log file as wide as they need, not wrapped at 80."""
+LOG_EVERY_SECONDS = 30.0
+
+
+def _console(err: bool) -> Console:
+    stream = sys.stderr if err else sys.stdout
+    return Console(stderr=err, width=None if stream.isatty() else LOG_WIDTH)
+
+
+stdout = _console(err=False)
+stderr = _console(err=True)
 
 
 class RateColumn(ProgressColumn):
@@ -54,7 +71,43 @@ def progress_bar(
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    hidden = transient and not stderr.is_terminal
-    with Progress(*columns, console=stderr, transient=transient, disable=hidden) as progress:
+    if not stderr.is_terminal:
+        if transient:
+            yield lambda n: None
+        else:
+            with _log_lines(label, total, unit) as advance:
+                yield advance
+        return
+    with Progress(*columns, console=stderr, transient=transient) as progress:
         task = progress.add_task(label, total=total, unit=unit)
         yield lambda n: progress.advance(task, n)
+
+
+@contextlib.contextmanager
+def _log_lines(label: str, total: int | None, unit: str) -> Iterator[Callable[[int], None]]:
+    """Progress as plain lines (count, rate, elapsed, ETA): every ``LOG_EVERY_SECONDS``, and once when done."""
+    started = last = time.monotonic()
+    done = 0
+
+    def line() -> str:
+        elapsed = time.monotonic() - started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        scale, name = (2**20, "MiB") if unit == "bytes" else (1, unit)
+        amount = f"{done / scale:,.0f}" + (f"/{total / scale:,.0f}" if total else "")
+        eta = f", ETA {_clock((total - done) / rate)}" if total and rate > 0 and done < total else ""
+        return f"{label}: {amount} {name} · {rate / scale:,.1f} {name}/s · {_clock(elapsed)}{eta}"
+
+    def advance(n: int) -> None:
+        nonlocal done, last
+        done += n
+        if time.monotonic() - last >= LOG_EVERY_SECONDS:
+            last = time.monotonic()
+            stderr.print(line(), highlight=False, soft_wrap=True)
+
+    yield advance
+    stderr.print(line(), highlight=False, soft_wrap=True)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from specialize.artifacts import write_text
+from specialize.counts import by_type
 from specialize.errors import SpecializeError
 from specialize.selection import SELECTION, measured_columns
 
@@ -48,14 +49,14 @@ def funnel(workdir: Path) -> tuple[list[str], list[str], dict[str, list[int]]]:
     With the user's own queries: from the file → mined (no round trip) → labelled → train.
     """
     generate, mine, label = (_counts(workdir, stage) for stage in ("generate", "mine", "label"))
-    types = sorted(key.removeprefix("kept_") for key in generate if key.startswith("kept_"))
+    types = list(by_type(generate))
     if "user_queries" in generate:
         first = [("from your queries file", generate, "kept"), ("mined (no round trip)", mine, "kept")]
     else:
         first = [("generated", generate, "generated"), ("after cleaning", generate, "kept"), ("after round trip", mine, "kept")]
     steps = [*first, ("after teacher filters", label, "kept"), ("train", label, "train")]
-    present = [(name, counts, key) for name, counts, key in steps if counts]
-    return types, [name for name, _, _ in present], {t: [int(c.get(f"{key}_{t}", 0)) for _, c, key in present] for t in types}
+    present = [(name, by_type(counts), key) for name, counts, key in steps if counts]
+    return types, [name for name, _, _ in present], {t: [int(table.get(t, {}).get(key, 0)) for _, table, key in present] for t in types}
 
 
 def _funnel_section(workdir: Path, plots: Path) -> Section | None:
@@ -104,6 +105,36 @@ def _selection_section(workdir: Path) -> Section | None:
     text = (f"{selection['reason']}.\n\nFusion weights chosen on {selection['fit_queries']} {selection['basis']} queries (fit), the margin "
             f"measured on the other {selection['measure_queries']}. Cost probes: {costs}.")
     return Section("Teacher selection", text, ["candidate", "fit nDCG@10", *(f"{name} nDCG@10" for name in measured)], rows)
+
+
+def result_lines(workdir: Path) -> list[str]:
+    """The run's result in plain sentences: on each test set the base and the published model side by side, then what
+    was published and why (the publish gate's verdict, or why nothing was trained). Empty before ``train``."""
+    summary = _read(workdir / "train.json")
+    if not summary:
+        return []
+    published = (workdir / summary["output"]).resolve()
+    lines = []
+    for path in sorted((workdir / "eval").glob("*.json")):
+        result = _read(path)
+        models = result.get("models", {})
+        base = models.get(summary["student"])
+        mine = next((row for name, row in models.items() if Path(name).resolve() == published), None)
+        if base is None or mine is None:
+            continue
+        where = f"{result['dataset']} {result['split']} ({result['queries']:,} queries)"
+        if summary["published"] == "base":
+            lines.append(f"{where}: nDCG@10 {100 * base['ndcg@10']:.2f}; the published model is the base {summary['student']}, unchanged.")
+        else:
+            delta = 100 * (mine["ndcg@10"] - base["ndcg@10"])
+            lines.append(f"{where}: nDCG@10 {100 * base['ndcg@10']:.2f} for the base {summary['student']}, "
+                         f"{100 * mine['ndcg@10']:.2f} specialized ({delta:+.2f}).")
+    return [*lines, summary["verdict"]]
+
+
+def _result_section(workdir: Path) -> Section | None:
+    lines = result_lines(workdir)
+    return Section("Result", "\n\n".join(lines)) if lines else None
 
 
 def _gate_section(workdir: Path) -> Section | None:
@@ -245,7 +276,7 @@ def report(workdir: Path) -> tuple[Path, Path]:
     if not (workdir / "stages").is_dir() and not (workdir / "eval").is_dir():
         raise SpecializeError(f"{workdir}: not a work directory (no stages/ or eval/ inside); run a stage first")
     plots = workdir / "report"
-    candidates = [_gate_section(workdir), _funnel_section(workdir, plots), _selection_section(workdir), _audit_section(workdir, plots),
+    candidates = [_result_section(workdir), _gate_section(workdir), _funnel_section(workdir, plots), _selection_section(workdir), _audit_section(workdir, plots),
                   _training_section(workdir, plots), *_evaluation_sections(workdir, plots)]
     sections = [section for section in candidates if section is not None]
     title = f"specialize report: {workdir.resolve().name}"

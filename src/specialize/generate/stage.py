@@ -31,7 +31,6 @@ import json
 import os
 import random
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from itertools import groupby
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any
 from specialize.artifacts import finish_partial, finished_with_key, fingerprint, iter_jsonl, resume_partial, write_jsonl
 from specialize.config import GenerateConfig
 from specialize.corpus import load_user_queries
+from specialize.counts import TypeCounts
 from specialize.errors import SpecializeError, located
 from specialize.generate.cleaning import DROP_REASONS, QueryDeduper, clean_query, normalize_query, shares_words
 from specialize.generate.prompts import PromptType, assign_types, build_messages, load_prompt_types, truncate_passage, type_mixture
@@ -226,9 +226,9 @@ def _paired(workdir: Path) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         raise located(generations, number, f"a reply to passage {reply.get('source_id')!r}, which passages.jsonl does not hold (delete it and rerun)")
 
 
-def clean_generations(workdir: Path, config: GenerateConfig, generator: str, mixture: Mixture) -> dict[str, int]:
+def clean_generations(workdir: Path, config: GenerateConfig, generator: str, mixture: Mixture) -> dict[str, Any]:
     """Write ``queries.jsonl``: each raw reply cleaned, checked and deduplicated; counts per reason and type."""
-    counts: Counter[str] = Counter()
+    counts = TypeCounts()
     deduper = QueryDeduper()
 
     def records() -> Iterator[dict[str, Any]]:
@@ -237,43 +237,43 @@ def clean_generations(workdir: Path, config: GenerateConfig, generator: str, mix
             query, reason = mixture.check(reply["raw"], passage, kind, example_key(position, config), config)
             if query is not None:
                 reason = deduper.check(query)
-            counts[f"generated_{kind}"] += 1
-            counts[f"retried_{kind}"] += bool(reply["rejected"])
+            counts.add("generated", kind)
+            counts.add("retried", kind, bool(reply["rejected"]))
             if reason is not None:
-                counts[f"dropped_{reason}_{kind}"] += 1
+                counts.add(f"dropped_{reason}", kind)
                 continue
-            counts[f"kept_{kind}"] += 1
-            counts[f"recovered_{kind}"] += bool(reply["rejected"])
+            counts.add("kept", kind)
+            counts.add("recovered", kind, bool(reply["rejected"]))
             yield {"qid": reply["qid"], "text": query, "type": kind, "source_id": passage["_id"], "generator": generator}
 
     write_jsonl(workdir / "queries.jsonl", records())
     outcomes = ["generated", "kept", "retried", "recovered", *(f"dropped_{reason}" for reason in REASONS)]
-    summary = {outcome: sum(counts[f"{outcome}_{kind}"] for kind in mixture.names) for outcome in outcomes}
-    summary.update({f"{outcome}_{kind}": counts[f"{outcome}_{kind}"] for kind in mixture.names for outcome in outcomes})
-    return summary
+    return counts.summary(outcomes, mixture.names)
 
 
 # --- the user's own queries ---------------------------------------------------------------------
 
 
-def write_user_queries(workdir: Path, path: str) -> dict[str, int]:
+def write_user_queries(workdir: Path, path: str) -> dict[str, Any]:
     """Write ``queries.jsonl`` from the user's queries file: no source passage, the file as the generator; counts per type."""
-    counts: Counter[str] = Counter()
+    counts = TypeCounts()
+    kinds: set[str] = set()
 
     def records() -> Iterator[dict[str, Any]]:
         for query in load_user_queries(path):
             kind = query["type"] or USER_TYPE
-            counts[kind] += 1
+            counts.add("kept", kind)
+            kinds.add(kind)
             yield {"qid": query["_id"], "text": query["text"], "type": kind, "source_id": None, "generator": path}
 
     total = write_jsonl(workdir / "queries.jsonl", records())
-    return {"user_queries": total, "kept": total, **{f"kept_{kind}": counts[kind] for kind in sorted(counts)}}
+    return {"user_queries": total, **counts.summary(["kept"], sorted(kinds))}
 
 
 # --- the stage --------------------------------------------------------------------------------
 
 
-def generate(workdir: Path, config: GenerateConfig, llm: LLM | None = None) -> dict[str, int | float]:
+def generate(workdir: Path, config: GenerateConfig, llm: LLM | None = None) -> dict[str, Any]:
     """Write ``generations.jsonl`` and ``queries.jsonl`` for the work directory; return the manifest counts.
 
     ``llm`` replaces the model ``config.model`` names (tests, benchmarks). With ``config.queries`` only

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from transformers import PrinterCallback, TrainerCallback
+
 from specialize.config import TrainConfig
 from specialize.models import Prefixes
+from specialize.progress import progress_bar
 from specialize.train.base import ListLoss
 from specialize.train.cached import CachedLoss
 from specialize.train.data import QUERY_COLUMN, passage_columns
@@ -113,6 +118,7 @@ def training_arguments(
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         logging_steps=_steps(config.logging_steps),
+        disable_tqdm=True,  # StepProgress shows the steps
         prompts=prompts or None,
         # Tasks pick each column's maximum length in the collator (see `collator`).
         router_mapping={QUERY_COLUMN: "query", **{name: "document" for name in passages}},
@@ -142,6 +148,43 @@ def collator(model, args, max_lengths: tuple[int, int]):
     )
 
 
+WARMUP_MAX_SHARE = 0.25
+"""At most this share of a run warms up: a short run must not spend its few steps at a learning rate near 0."""
+
+
 def warmup_steps(config: TrainConfig, train_queries: int, devices: int) -> int:
-    """``warmup_epochs`` in optimizer steps."""
-    return round(config.warmup_epochs * math.ceil(train_queries / (config.batch_size * devices)))
+    """``warmup_epochs`` in optimizer steps, at most ``WARMUP_MAX_SHARE`` of the run's steps (none under 4 steps)."""
+    per_epoch = math.ceil(train_queries / (config.batch_size * devices))
+    total = config.max_steps or math.ceil(epochs(config) * per_epoch)
+    return min(round(config.warmup_epochs * per_epoch), int(WARMUP_MAX_SHARE * total))
+
+
+class StepProgress(TrainerCallback):
+    """The trainer's steps in the project's one progress style; the trainer's own tqdm bars and printed log dicts are off
+    (``disable_tqdm``, and ``quiet_trainer`` removes its ``PrinterCallback``)."""
+
+    def __init__(self) -> None:
+        self._bar: contextlib.ExitStack | None = None
+        self._advance: Callable[[int], None] | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        if state.is_world_process_zero:
+            self._bar = contextlib.ExitStack()
+            self._advance = self._bar.enter_context(progress_bar("training", total=state.max_steps, unit="steps"))
+            self._advance(state.global_step)  # resumed from a checkpoint
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        if self._advance is not None:
+            self._advance(1)
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = self._advance = None
+
+
+def quiet_trainer(trainer) -> None:
+    """The trainer reports through ``StepProgress`` only: no printed log dicts (its logs still reach train_log.json
+    and the loggers of ``report_to``)."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(StepProgress())

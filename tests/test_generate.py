@@ -11,6 +11,7 @@ from conftest import TINY_CHAT_TEMPLATE
 from test_cli import assert_one_line_error, cli
 from test_llm import Server
 
+from specialize.artifacts import fingerprint
 from specialize.config import QUERY_TYPES, GenerateConfig, LLMConfig
 from specialize.corpus import load_corpus
 from specialize.errors import SpecializeError
@@ -296,10 +297,19 @@ def test_a_generations_file_that_does_not_answer_each_passage_once_is_an_error(t
     work = _write_passages(tmp_path, docs)
     config = GenerateConfig(types=["question"], retries=0)
     generate(work, config, llm=Asking())
-    rows = (work / "generations.jsonl").read_text().splitlines()
+    whole = (work / "generations.jsonl").read_text()
+    rows = whole.splitlines()
+    key_file = work / ".generations.key"
+    key = key_file.read_text().split()[0]
     for broken, message in ((rows[:2], "no reply to passage 'd2'"), ([*rows, rows[0]], r"generations.jsonl:4: a second reply to passage 'd0'"),
                             ([*rows, rows[0].replace('"d0"', '"d9"')], r"generations.jsonl:4: a reply to passage 'd9', which passages.jsonl")):
         (work / "generations.jsonl").write_text("".join(row + "\n" for row in broken))
+        # Edited, the file is generated again...
+        generate(work, config.model_copy(update={"min_chars": 6}), llm=Asking())
+        assert (work / "generations.jsonl").read_text() == whole
+        # ...unless its key vouches for it as it is: then cleaning finds what is wrong.
+        (work / "generations.jsonl").write_text("".join(row + "\n" for row in broken))
+        key_file.write_text(f"{key}\n{fingerprint(work / 'generations.jsonl')}\n")
         with pytest.raises(SpecializeError, match=message):
             generate(work, config.model_copy(update={"min_chars": 6}), llm=Asking())
 

@@ -226,6 +226,12 @@ def test_bm25_minilm_fusion_labels_the_slice(workdir, tmp_path):
     # Only a filter changed: the labels are reused, not scored again.
     again = label(tmp_path, LabelConfig(teacher=FUSION, backend="torch", drop_below_percentile=0), teacher=object())  # type: ignore[arg-type]
     assert again["labels_reused"] == 1 and again["dropped_low_top_score"] == 0
+    # The labels as written, not only their key: truncated, or one score edited, they are scored again.
+    whole = (tmp_path / "labels.jsonl").read_bytes()
+    for damaged in (whole[: len(whole) // 3], whole.replace(b"0.", b"9.", 1)):
+        (tmp_path / "labels.jsonl").write_bytes(damaged)
+        rescored = label(tmp_path, LabelConfig(teacher=FUSION, backend="torch", drop_below_percentile=0))
+        assert rescored["labels_reused"] == 0 and (tmp_path / "labels.jsonl").read_bytes() == whole
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(workdir, tmp_path):

@@ -217,7 +217,15 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, lists_dir, cli_ru
     work = workdir_with(lists_dir, tmp_path / "w")
     train(work, tiny(), callbacks=[StopAfterFirstStep()])
     assert sorted(p.name for p in (work / "checkpoints").glob("checkpoint-*")) == ["checkpoint-1"]
+    # Killed while saving the next checkpoint: its weights written, not yet its state (the trainer writes it last).
+    first, killed = work / "checkpoints" / "checkpoint-1", work / "checkpoints" / "checkpoint-2"
+    killed.mkdir()
+    for name in ("model.safetensors", "config.json", "modules.json"):
+        shutil.copy(first / name, killed / name)
+    shutil.copytree(first, work / "checkpoints" / "checkpoint-3")  # ...or while writing that state
+    (work / "checkpoints" / "checkpoint-3" / "trainer_state.json").write_text('{"best_metric": null, "global_st')
     counts = train(work, tiny(resume=True))
+    assert not (work / "checkpoints" / "checkpoint-3").exists()
     assert counts["steps"] == 2
     uninterrupted = cli_run[0] / "checkpoints" / "checkpoint-2"
     resumed = work / "checkpoints" / "checkpoint-2"

@@ -23,6 +23,10 @@ from pydantic import BaseModel
 
 from specialize import __version__
 from specialize.errors import SpecializeError, located
+from specialize.progress import stderr
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 _HASH_CHUNK = 1 << 20
 
@@ -72,6 +76,11 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
         yield record
 
 
+def orphan_temporaries(path: Path) -> list[Path]:
+    """The temporary files ``atomic_path`` left next to ``path`` when a kill stopped it."""
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
@@ -83,6 +92,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # as any other file the user writes, not mkstemp's 0600
     try:
         yield tmp
         os.replace(tmp, path)
@@ -151,17 +161,28 @@ def resume_partial(final: Path, key: str, field: str) -> tuple[Path, set[str]]:
 
 
 def finish_partial(final: Path, key: str) -> None:
-    """Rename the finished partial file onto ``final`` and remember the key it was made with."""
+    """Rename the finished partial file onto ``final`` and remember the key it was made with and its content's sha256."""
     key_file = _key_path(final)
     key_file.unlink(missing_ok=True)
     os.replace(partial_path(final, key), final)
-    key_file.write_text(key + "\n")
+    key_file.write_text(f"{key}\n{fingerprint(final)}\n")
 
 
 def finished_with_key(final: Path, key: str) -> bool:
-    """Whether ``final`` exists and was finished with ``key`` (so it can be reused as is)."""
+    """Whether ``final`` exists, was finished with ``key`` and is as it was finished (so it can be reused as is).
+
+    A file truncated or edited since is not reused (it is made again), and a line says so.
+    """
     key_file = _key_path(final)
-    return final.is_file() and key_file.is_file() and key_file.read_text().strip() == key
+    if not (final.is_file() and key_file.is_file()):
+        return False
+    lines = key_file.read_text().split()
+    if not lines or lines[0] != key:
+        return False
+    if lines[1:2] != [fingerprint(final)]:
+        stderr.print(f"{final}: changed since it was written (truncated or edited?): made again", highlight=False, soft_wrap=True)
+        return False
+    return True
 
 
 def fingerprint(path: str | Path) -> str:
@@ -230,6 +251,9 @@ class Workdir:
         if not force and previous is not None and self._is_current(previous, wanted_hash, wanted_inputs):
             return {**previous, "skipped": True}
         self.root.mkdir(parents=True, exist_ok=True)
+        for output in outputs:  # what a killed earlier run of the stage left half-written
+            for orphan in orphan_temporaries(self.path(output)):
+                orphan.unlink(missing_ok=True)
         started = time.perf_counter()
         counts = dict(body())
         manifest = {

@@ -7,6 +7,7 @@ mistake ends in one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -30,7 +31,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-COUNTS_PER_LINE = 4
 BIGGER_PASSAGES = 1000
 _VERBOSE = False
 
@@ -51,6 +51,7 @@ QueriesOption = Annotated[Optional[str], typer.Option(
 def _config(config: Path | None, workdir: Path | None, sets: list[str] | None, **flags: Any) -> Config:
     """Load the config, apply --set assignments, then explicit flags (dotted keys), and write it out."""
     overrides: dict[str, Any] = dict(parse_assignment(item) for item in sets or [])
+    load_config(config, overrides)  # each --set checked as written, before a flag could replace what it names
     given = {"workdir": str(workdir) if workdir is not None else None, **flags}
     overrides.update({key: value for key, value in given.items() if value is not None})
     resolved = load_config(config, overrides)
@@ -195,7 +196,7 @@ def _print_audit(work: Path) -> None:
             table.add_row(name, str(row["queries"]), *(f"{row[w][m]:.2f}" for m in ("ndcg@10", "mrr@10") for w in ("teacher", "student")))
     console.print(table)
     if report.get("warning"):
-        stderr.print(f"[bold red]WARNING:[/bold red] {report['warning']}", highlight=False, soft_wrap=True)
+        stderr.print(f"[bold red]WARNING:[/bold red] {escape(report['warning'])}", highlight=False, soft_wrap=True)
 
 
 def _print_selection(work: Path) -> None:
@@ -215,9 +216,9 @@ def _print_selection(work: Path) -> None:
         console.print(table)
     for member in selection["members"]:
         if member.get("skipped"):
-            stderr.print(f"skipped {member['teacher']}: {member['skipped']}", highlight=False, soft_wrap=True)
+            stderr.print(f"skipped {member['teacher']}: {member['skipped']}", highlight=False, soft_wrap=True, markup=False)
     style = "bold red" if selection["headroom"] is False else "bold"
-    stderr.print(f"[{style}]teacher:[/{style}] {selection['reason']}", highlight=False, soft_wrap=True)
+    stderr.print(f"[{style}]teacher:[/{style}] {escape(selection['reason'])}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -323,8 +324,6 @@ def _stage(cfg: Config, name: str, force: bool) -> None:
 
 def _report_stage(name: str, manifest: dict, work: Path) -> None:
     """A stage's counts (and the audit after label, the tables after evaluate), from the first process only."""
-    import os
-
     if os.environ.get("RANK", "0") != "0":  # under torchrun, the first process speaks for all
         return
     _print_counts(name, manifest, work)
@@ -363,13 +362,13 @@ def _print_counts(stage: str, manifest: dict, workdir: Path) -> None:
     shown = [outcome for outcome in outcomes if _VERBOSE or any(row.get(outcome) for row in table.values())]
     plain = {key: value for key, value in totals(manifest["counts"]).items()
              if _VERBOSE or (key not in outcomes and value not in (0, 0.0, None))}
-    if plain:
-        grid = Table.grid(padding=(0, 3))
-        cells = [f"{escape(key)} [bold]{escape(f'{value:,}' if isinstance(value, int) and not isinstance(value, bool) else str(value))}[/bold]"
-                 for key, value in plain.items()]
-        for start in range(0, len(cells), COUNTS_PER_LINE):
-            grid.add_row(*cells[start : start + COUNTS_PER_LINE])
-        console.print(Padding(grid, (0, 0, 0, 2), expand=False))
+    if plain and (stage != "evaluate" or _VERBOSE):  # evaluate's numbers follow as their own table
+        cells = [(key, f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)) for key, value in plain.items()]
+        width = max(len(key) + len(value) for key, value in cells) + 4
+        per_line = max(1, (console.width - 2) // width)
+        for start in range(0, len(cells), per_line):
+            line = [f"{escape(key)} [bold]{escape(value)}[/bold]" + " " * (width - 1 - len(key) - len(value)) for key, value in cells[start : start + per_line]]
+            console.print(("  " + "".join(line)).rstrip(), highlight=False, soft_wrap=True)
     if shown:
         types = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1), pad_edge=False)
         for column in ("", *table, "all"):
@@ -385,11 +384,26 @@ def _print_counts(stage: str, manifest: dict, workdir: Path) -> None:
 
 def main() -> None:
     """Console entry point: user mistakes become one line on stderr and exit code 2."""
+    if len(sys.argv) == 1:
+        sys.argv.append("--help")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the libraries' own tqdm bars: our bars and lines report the work
     try:
-        app()
-    except SpecializeError as exc:
-        stderr.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # a bad flag or value: one line, as for every other mistake
+        context = getattr(exc, "ctx", None)
+        command = context.command_path if context is not None else "specialize"
+        stderr.print(f"[bold red]error:[/bold red] {escape(command)}: {escape(exc.format_message())} (see {escape(command)} --help)",
+                     highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except SpecializeError as exc:
+        stderr.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as exc:  # a path of the user's that cannot be written or read: not a directory, read-only, disk full
+        if exc.filename is None:
+            raise
+        stderr.print(f"[bold red]error:[/bold red] {escape(str(exc.filename))}: {escape(exc.strerror or str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
         stderr.print("interrupted: finished work is saved; rerun to resume")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -25,7 +25,7 @@ Backend = Literal["auto", "torch", "torch-int8"]
 class StrictModel(BaseModel):
     """A config section that refuses unknown keys."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class PrefixConfig(StrictModel):
@@ -332,7 +332,12 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise SpecializeError(f"--set {text!r}: expected key.path=value")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        where = f" (column {exc.problem_mark.column + 1} of the value)" if getattr(exc, "problem_mark", None) else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise SpecializeError(f"--set {text!r}: the value is not valid YAML: {problem}{where}") from None
 
 
 def write_resolved(config: Config) -> Path:

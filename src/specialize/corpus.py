@@ -686,6 +686,10 @@ def prepare(
     dropped: Counter[str] = Counter()
     merged_into: dict[str, str] = {}
     corpus = deduplicate(docs, min_chars, dropped, merged_into) if dedup else list(_drop_short(docs, min_chars, dropped))
+    if not corpus:
+        reasons = ", ".join(f"{n:,} {reason.replace('_', ' ')}" for reason, n in dropped.items() if n)
+        raise SpecializeError(f"{source}: no document left to prepare: {len(docs):,} loaded, all dropped ({reasons}; "
+                              f"texts under prepare.min_chars={min_chars} characters count as too short)")
     if dropped["empty"]:
         stderr.print(f"prepare: {dropped['empty']:,} documents with an empty text dropped (dropped_empty in the manifest)", highlight=False)
     relevant = relevant_test_ids(source, exclude_qrels)

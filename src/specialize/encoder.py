@@ -18,8 +18,8 @@ import numpy as np
 
 from specialize.artifacts import atomic_path, write_json
 from specialize.errors import SpecializeError
-from specialize.models import Prefixes, cache_dir, document_fingerprint, model_prefixes, resolve_model
-from specialize.progress import progress_bar
+from specialize.models import Prefixes, cache_dir, document_fingerprint, model_prefixes, resolve_loadable
+from specialize.progress import progress_bar, stderr
 
 # Measured in benchmarks/bench_cpu_backends.py (benchmarks/results/cpu_backends.json): the
 # fastest backend whose SciFact nDCG@10 stays within 0.3 of torch fp32 on this hardware.
@@ -85,13 +85,13 @@ def load_encoder(
     backend = resolve_backend(backend)
     if backend not in BACKENDS:
         raise SpecializeError(f"backend {backend!r}: choose one of auto, {', '.join(BACKENDS)}")
-    path = resolve_model(name)
+    path = resolve_loadable(name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = SentenceTransformer(path)
-    except OSError as exc:
-        raise SpecializeError(f"{name}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    except (OSError, ValueError) as exc:  # ValueError: a folder without a model's config ("Unrecognized model")
+        raise SpecializeError(f"{name}: cannot load a sentence-transformers model from {path} ({str(exc).splitlines()[0]})") from None
     if backend == "torch-int8":
         model = _quantize_int8(model)
     if max_seq_length is not None:
@@ -140,8 +140,9 @@ def encode_corpus(
         raise SpecializeError("nothing to encode: the corpus is empty")
     folder = _corpus_folder(encoder, ids, texts)
     final = folder / "embeddings.npy"
-    if final.is_file():
-        return np.load(final)
+    cached = _load_cached(final, len(texts))
+    if cached is not None:
+        return cached
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     chunks = [order[start : start + CHUNK_DOCS] for start in range(0, len(order), CHUNK_DOCS)]
     folder.mkdir(parents=True, exist_ok=True)
@@ -149,8 +150,9 @@ def encode_corpus(
     with progress_bar(label, total=len(texts), unit="docs") as advance:
         for number, chunk in enumerate(chunks):
             part_path = folder / f"chunk-{number:05d}.npy"
-            if part_path.is_file():
-                parts.append(np.load(part_path))
+            part = _load_cached(part_path, len(chunk))
+            if part is not None:
+                parts.append(part)
                 advance(len(chunk))
                 continue
             batches = []
@@ -167,6 +169,22 @@ def encode_corpus(
     for number in range(len(chunks)):
         (folder / f"chunk-{number:05d}.npy").unlink(missing_ok=True)
     return embeddings
+
+
+def _load_cached(path: Path, rows: int) -> np.ndarray | None:
+    """The cached embeddings of ``rows`` texts at ``path``; None when there are none, or when the file is damaged
+    (truncated, another shape): then it is deleted, with a line saying so, and computed again."""
+    if not path.is_file():
+        return None
+    try:
+        array = np.load(path)
+    except (OSError, ValueError, EOFError):
+        array = None
+    if array is None or array.ndim != 2 or array.shape[0] != rows:
+        stderr.print(f"{path}: a damaged cache entry (truncated?): deleted, computed again", highlight=False, soft_wrap=True)
+        path.unlink(missing_ok=True)
+        return None
+    return array
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

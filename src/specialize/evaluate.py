@@ -22,6 +22,7 @@ from specialize.config import EvaluateConfig, PrefixConfig
 from specialize.corpus import load_corpus, load_qrels, load_queries, resolve_dataset
 from specialize.encoder import Encoder, encode_corpus, load_encoder
 from specialize.errors import SpecializeError
+from specialize.progress import stderr
 
 Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
@@ -57,6 +58,11 @@ def load_dataset(spec: str, split: str = "test") -> Dataset:
     for doc in load_corpus(folder):
         doc_ids.append(doc["_id"])
         doc_texts.append(f"{doc['title']} {doc['text']}".strip())
+    known = set(doc_ids)
+    absent = {doc for judged in qrels.values() for doc, score in judged.items() if score > 0 and doc not in known}
+    if absent:
+        stderr.print(f"{folder}: qrels/{split}.tsv judges {len(absent):,} relevant documents that are not in the corpus "
+                     f"(e.g. {sorted(absent)[0]!r}): no model can retrieve them, so Recall@100 stays below 100", highlight=False, soft_wrap=True)
     name = spec.split(":", 1)[1] if spec.startswith(("demo:", "beir:")) else Path(spec).name
     return Dataset(name, doc_ids, doc_texts, {qid: all_queries[qid] for qid in qrels}, qrels)
 

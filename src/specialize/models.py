@@ -202,6 +202,34 @@ def resolve_model(name: str) -> str:
     return str(path.resolve()) if path.exists() else name
 
 
+HUB = ("huggingface.co", 443)
+HUB_PROBE_SECONDS = 3.0
+
+
+def resolve_loadable(name: str) -> str:
+    """``resolve_model``, failing fast in one line for a Hugging Face id that is neither in the local Hugging Face
+    cache nor downloadable (no network, and no ``HF_HUB_OFFLINE`` to say so): the libraries would retry for minutes."""
+    resolved = resolve_model(name)
+    if Path(resolved).exists() or os.environ.get("HF_HUB_OFFLINE") or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy")):
+        return resolved
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str) or _hub_reachable():
+        return resolved
+    raise SpecializeError(f"{name}: not a local folder, a bundled:<alias> or a model in the Hugging Face cache, and "
+                          f"{HUB[0]} cannot be reached to download it (offline?)")
+
+
+def _hub_reachable() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(HUB, timeout=HUB_PROBE_SECONDS).close()
+    except OSError:
+        return False
+    return True
+
+
 def _bundled_path(alias: str) -> Path:
     """The checked local path of a bundled model, assembling it on first use."""
     model = BUNDLED.get(alias)

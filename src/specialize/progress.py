@@ -1,7 +1,8 @@
 """The consoles and one progress style for all long work: count, throughput and ETA, on stderr.
 
-On a terminal a rich bar; with no terminal behind stderr (a log file, a pipe) a plain line every
-``LOG_EVERY_SECONDS`` and one at the end, so a log holds whole lines, never a bar's fragments.
+On a terminal a rich bar; with no terminal behind stderr (a log file, a pipe) plain lines: one at each further
+``LOG_SHARE`` of the work at least ``LOG_MIN_SECONDS`` after the last (every ``LOG_EVERY_SECONDS`` in any case) and
+one at the end, so a log holds a few whole lines per task, never a bar's fragments.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from rich.text import Text
 
 LOG_WIDTH = 160
 """Columns of a console with no terminal behind it: tables in a log file as wide as they need, not wrapped at 80."""
-LOG_EVERY_SECONDS = 30.0
+LOG_SHARE = 0.2
+LOG_MIN_SECONDS = 10.0
+LOG_EVERY_SECONDS = 600.0
 
 
 def _console(err: bool) -> Console:
@@ -85,7 +88,7 @@ def progress_bar(
 
 @contextlib.contextmanager
 def _log_lines(label: str, total: int | None, unit: str) -> Iterator[Callable[[int], None]]:
-    """Progress as plain lines (count, rate, elapsed, ETA): every ``LOG_EVERY_SECONDS``, and once when done."""
+    """Progress as plain lines (count, rate, elapsed, ETA), as the module says."""
     started = last = time.monotonic()
     done = 0
 
@@ -97,11 +100,15 @@ def _log_lines(label: str, total: int | None, unit: str) -> Iterator[Callable[[i
         eta = f", ETA {_clock((total - done) / rate)}" if total and rate > 0 and done < total else ""
         return f"{label}: {amount} {name} · {rate / scale:,.1f} {name}/s · {_clock(elapsed)}{eta}"
 
+    logged = 0
+
     def advance(n: int) -> None:
-        nonlocal done, last
+        nonlocal done, last, logged
         done += n
-        if time.monotonic() - last >= LOG_EVERY_SECONDS:
-            last = time.monotonic()
+        since = time.monotonic() - last
+        due = bool(total) and done - logged >= LOG_SHARE * total and done < total and since >= LOG_MIN_SECONDS
+        if due or since >= LOG_EVERY_SECONDS:
+            last, logged = time.monotonic(), done
             stderr.print(line(), highlight=False, soft_wrap=True)
 
     yield advance

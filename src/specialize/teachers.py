@@ -28,7 +28,7 @@ import numpy as np
 from specialize.config import LabelConfig, PrefixConfig
 from specialize.errors import SpecializeError
 from specialize.mine import BM25, BM25Retriever
-from specialize.models import resolve_model
+from specialize.models import resolve_loadable
 
 MODEL_KINDS = ("bi-encoder", "cross-encoder", "monot5", "rankt5", "llm-judge")
 KINDS = ("bm25", *MODEL_KINDS, "ensemble")
@@ -231,7 +231,7 @@ class CrossEncoderTeacher:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.model = CrossEncoder(resolve_model(model_name))
+                self.model = CrossEncoder(resolve_loadable(model_name))
         except (OSError, ValueError) as exc:
             raise _load_error(model_name, "cross-encoder", exc) from None
 
@@ -266,7 +266,7 @@ class T5Teacher:
         self.batch_size, self.max_length = batch_size, max_length
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
-            path = resolve_model(model_name)
+            path = resolve_loadable(model_name)
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForSeq2SeqLM.from_pretrained(path).to(self.device).eval()
         except (OSError, ValueError) as exc:

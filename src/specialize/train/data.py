@@ -142,5 +142,5 @@ def query_side_dataset(rows: Sequence[ScoredList], position: Mapping[str, int], 
             "label": [[row.scores[:size], [position[doc] for doc in row.doc_ids[:size]]] for row in rows],
         }
     )
-    dataset.set_format("torch", columns=["label"], dtype=torch.float64, output_all_columns=True)
+    dataset.set_format("torch", columns=[QUERY_COLUMN, "label"], dtype=torch.float64)  # the query first, as the trainer expects
     return dataset

@@ -60,6 +60,7 @@ CHECKPOINTS = "checkpoints"
 SUMMARY = "train.json"
 LOG = "train_log.json"
 RUN_KEY = "run.json"
+TRAINER_STATE = "trainer_state.json"
 NOT_TRAINING_SETTINGS = {"resume", "keep_worse", "force_train", "output", "report_to", "gate_min_queries", "gate_margin", "gate_confidence"}
 """TrainConfig fields that do not change what a checkpoint holds (resuming ignores them)."""
 
@@ -73,21 +74,40 @@ def run_key(config: TrainConfig, prefixes: Prefixes, workdir: Path) -> str:
     return digest.hexdigest()
 
 
-def prepare_checkpoints(folder: Path, key: str, resume: bool, is_main: bool) -> None:
-    """Check that a resumed run matches its checkpoints; start a fresh run with an empty folder."""
-    from transformers.trainer_utils import get_last_checkpoint
+def prepare_checkpoints(folder: Path, key: str, resume: bool, is_main: bool) -> Path | None:
+    """Check that a resumed run matches its checkpoints and return the newest complete one; start a fresh run with an
+    empty folder (None).
 
-    if resume:
-        if not folder.is_dir() or get_last_checkpoint(str(folder)) is None:
-            raise SpecializeError(f"{folder}: no checkpoint to resume from; run without --resume")
-        saved = json.loads((folder / RUN_KEY).read_text()) if (folder / RUN_KEY).is_file() else {}
-        if saved.get("key") != key:
-            raise SpecializeError(
-                f"{folder}: the checkpoints come from another train config or other data; run without --resume to start afresh"
-            )
-    elif is_main:
-        shutil.rmtree(folder, ignore_errors=True)
-        write_json(folder / RUN_KEY, {"key": key})
+    A checkpoint is complete once the trainer wrote its state, the last of its files: a kill while it saved leaves a
+    folder without it, which a resume skips (and the first process deletes, saying so).
+    """
+    if not resume:
+        if is_main:
+            shutil.rmtree(folder, ignore_errors=True)
+            write_json(folder / RUN_KEY, {"key": key})
+        return None
+    saved = json.loads((folder / RUN_KEY).read_text()) if (folder / RUN_KEY).is_file() else {}
+    found = sorted((path for path in folder.glob("checkpoint-*") if path.is_dir() and path.name[11:].isdigit()), key=lambda path: int(path.name[11:]))
+    if not found:
+        raise SpecializeError(f"{folder}: no checkpoint to resume from; run without --resume")
+    if saved.get("key") != key:
+        raise SpecializeError(f"{folder}: the checkpoints come from another train config or other data; run without --resume to start afresh")
+    complete = [path for path in found if _complete_checkpoint(path)]
+    for path in found:
+        if path not in complete and is_main:
+            stderr.print(f"train: {path} is incomplete (killed while saving?): deleted, resuming from the one before", highlight=False)
+            shutil.rmtree(path, ignore_errors=True)
+    if not complete:
+        raise SpecializeError(f"{folder}: no complete checkpoint to resume from (each was killed while saving); run without --resume")
+    return complete[-1]
+
+
+def _complete_checkpoint(path: Path) -> bool:
+    """Whether the trainer finished saving ``path``: its state, written last, is whole."""
+    try:
+        return "global_step" in json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -197,7 +217,7 @@ def train(
     parameters = sum(p.numel() for p in model.parameters())
     args.learning_rate = config.learning_rate or default_learning_rate(parameters, config.mode, config.adapter)
     args.warmup_steps = warmup_steps(config, len(data.train), args.world_size)
-    prepare_checkpoints(workdir / CHECKPOINTS, run_key(config, embedding.prefixes, workdir), config.resume, args.process_index == 0)
+    checkpoint = prepare_checkpoints(workdir / CHECKPOINTS, run_key(config, embedding.prefixes, workdir), config.resume, args.process_index == 0)
     if config.mode == "query":
         frozen = FrozenDocuments.load(workdir, config.student, overrides)
         loss, trainer_loss = build_loss(config, model, frozen.tensor())
@@ -229,7 +249,7 @@ def train(
         **data.counts(),
     }
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if config.resume else None)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     facts["train_seconds"] = round(time.perf_counter() - started, 2)
     if trainer.is_world_process_zero():
         trained = trainer.model if frozen is None else frozen.with_query_route(trainer.model)

@@ -36,7 +36,7 @@ def test_a_folder_that_is_not_a_model(tmp_path, make):
     folder = tmp_path / "model"
     make(folder)
     result = cli("evaluate", "-m", str(folder), "-d", "demo:scifact", "-w", str(tmp_path / "work"))
-    assert_one_line_error(result, f"{folder}: cannot load a sentence-transformers model from {folder}")
+    assert_one_line_error(result, f"{folder}: cannot load a sentence-transformers model (")
 
 
 @pytest.mark.parametrize(("args", "fragments"), [

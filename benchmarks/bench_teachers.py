@@ -23,8 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, peak_rss_mb, print_table, save  # noqa: E402
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
 from test_cli import cli
 from test_label import _copy_inputs, workdir  # noqa: F401  (the module fixture)
 

@@ -167,9 +167,10 @@ WRITERS: list[Callable[[Path, Docs], Path]] = [
 @pytest.mark.parametrize("write", WRITERS, ids=[w.__name__.removeprefix("as_") for w in WRITERS])
 def test_every_format_gives_the_same_docs(write: Callable[[Path, Docs], Path], docs: Docs, tmp_path: Path) -> None:
     loaded = list(load_corpus(write(tmp_path, docs)))
-    if write is as_markdown_folder:  # files are read in path order
+    if write is as_markdown_folder:  # files are read in path order, and a document file says which it was
         order = {d["_id"]: i for i, d in enumerate(docs)}
         loaded.sort(key=lambda d: order[d["_id"]])
+        assert [(d.pop("source"), d.pop("format")) for d in loaded] == [(f"{d['_id']}.md", "markdown") for d in docs]
     assert loaded == docs
 
 
@@ -195,8 +196,8 @@ def test_text_folder_ids_and_titles(tmp_path: Path) -> None:
     (tmp_path / ".hidden.md").write_text("# skipped", encoding="utf-8")
     (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n")
     assert list(load_corpus(tmp_path)) == [
-        {"_id": "guide", "title": "The Guide", "text": "Body of the guide."},
-        {"_id": "sub/notes", "title": "notes", "text": "plain text without a heading\nsecond line"},
+        {"_id": "guide", "title": "The Guide", "text": "Body of the guide.", "source": "guide.md", "format": "markdown"},
+        {"_id": "sub/notes", "title": "notes", "text": "plain text without a heading\nsecond line", "source": "sub/notes.txt", "format": "text"},
     ]
 
 
@@ -273,6 +274,31 @@ def test_csv_errors_name_the_row_line(tmp_path: Path) -> None:
     assert error_of(path).startswith(f"{path}:3: text field 'text' is not valid UTF-8")
 
 
+def test_csv_unclosed_quote_stops_instead_of_swallowing_rows(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    good = 'id,text\nd0,"a fine text\nover two lines"\n'
+    for tail, where in [
+        ('d1,"an unclosed quote\nd2,a row it swallows\nd3,another\n', "(line 6: unexpected end of data)"),
+        ('d1,"an unclosed quote\nd2,swallowed\nd3,"closed again"\nd4,fine\n', "(line 6: ',' expected after"),
+    ]:
+        path.write_text(good + tail, encoding="utf-8")
+        for skip_bad in (False, True):  # never a skipped row: the rows it swallowed would go uncounted
+            message = error_of(path, skip_bad=skip_bad)
+            assert message.startswith(f"{path}:4: a quoted field opened on this line is not closed where it should be")
+            assert where in message and "unclosed quote" in message
+    path.write_text(good + 'd1,"hello\nd2,x",\nd3,fine text\n', encoding="utf-8")
+    assert error_of(path) == f"{path}:4: 3 fields where the header has 2 (the row runs over lines 4-5: an unclosed quote?)"
+
+
+def test_csv_bad_quote_on_one_line_is_a_counted_bad_row(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    path.write_text('id,text\nd1,"he said "hi" here"\nd2,fine text\n', encoding="utf-8")
+    assert error_of(path).startswith(f"{path}:2: not a valid row")
+    skipped: Counter[str] = Counter()
+    assert [doc["_id"] for doc in load_corpus(path, skip_bad=True, skipped=skipped)] == ["d2"]
+    assert skipped == {"bad_row": 1}
+
+
 def test_json_errors_name_the_record(tmp_path: Path) -> None:
     path = tmp_path / "c.json"
     path.write_text('[{"_id": "1", "text": "fine text"},\n {"_id": "2", "text": ["a list"]}]', encoding="utf-8")
@@ -308,9 +334,9 @@ def test_dataset_dict_without_a_corpus_split(tmp_path: Path) -> None:
 
 
 def test_unsupported_format(tmp_path: Path) -> None:
-    (tmp_path / "notes.docx").write_bytes(b"PK")
-    message = error_of(tmp_path / "notes.docx")
-    assert message.startswith(f"{tmp_path / 'notes.docx'}: unsupported format .docx; supported: ")
+    (tmp_path / "notes.xlsx").write_bytes(b"PK")
+    message = error_of(tmp_path / "notes.xlsx")
+    assert message.startswith(f"{tmp_path / 'notes.xlsx'}: unsupported format .xlsx; supported: ")
     assert ".parquet" in message and ".jsonl" in message
 
 

@@ -144,7 +144,7 @@ def test_prompts_sharing_a_prefix_give_the_same_text_in_any_order_and_evaluate_i
         shared = gemma.sample_until(prompts, seeds=[1, 2, 3], prefixes=[prefix] * 3, **options)
         shared_tokens = sum(evaluated)
         evaluated.clear()
-        alone = gemma.sample_until(prompts, seeds=[1, 2, 3], **options)
+        gemma.sample_until(prompts, seeds=[1, 2, 3], **options)
         alone_tokens = sum(evaluated)
         gemma.yes_no([prompts[0]])  # the judge leaves other text in the cache
         backwards = gemma.sample_until(prompts[::-1], seeds=[3, 2, 1], prefixes=[prefix] * 3, **options)[::-1]

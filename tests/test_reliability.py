@@ -1,17 +1,19 @@
 """A user's mistakes and damaged files, one case a row: each ends in one line on stderr and exit code 2, or is noticed
-and made again. (Kills and resumes are tested with each stage; a damaged labels file in test_label, a checkpoint
-killed while saving in test_train.)"""
+and made again. (Kills and resumes: test_kills, and with each stage; a damaged labels file in test_label, a
+checkpoint killed while saving in test_train.)"""
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from test_cli import SCRIPT, assert_one_line_error, cli
 
 from specialize.config import load_config
@@ -107,3 +109,45 @@ def test_qrels_judging_documents_not_in_the_corpus_are_said(tmp_path, scifact_sl
         qrels.write(f"{next(iter(load_qrels(scifact_slice, 'test')))}\tno-such-doc\t1\n")
     load_dataset(str(tmp_path / "set"))
     assert "judges 1 relevant documents that are not in the corpus (e.g. 'no-such-doc')" in capsys.readouterr().err
+
+
+def test_a_work_directory_that_cannot_be_written_is_one_line(tmp_path):
+    # As root no mode bit stops a write; /sys refuses new files to anyone, root included.
+    assert_one_line_error(cli("prepare", "demo:scifact", "-w", "/sys/kernel/specialize-work"), "/sys/kernel/specialize-work: ")
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_earlier_artifacts(tmp_path):
+    work = tmp_path / "work"
+    assert cli("prepare", "demo:scifact", "-w", str(work), "--max-passages", "20").returncode == 0
+    before = {name: (work / name).read_bytes() for name in ("corpus.jsonl", "passages.jsonl", "stages/prepare.json")}
+
+    def small_files() -> None:  # no file may grow past 1 MB: a write past it fails as on a full disk (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    result = subprocess.run(
+        [SCRIPT, "prepare", "demo:scifact", "-w", str(work), "--max-passages", "20", "--force"],
+        capture_output=True, text=True, preexec_fn=small_files, env={**os.environ, "COLUMNS": "200"},
+    )
+    assert_one_line_error(result, f"{work / 'corpus.jsonl'}: File too large")
+    assert {name: (work / name).read_bytes() for name in before} == before
+    assert not list(work.glob(".*.tmp"))
+
+
+def test_a_failing_command_leaves_the_config_and_a_stage_alone_keeps_the_others(tmp_path, scifact_slice):
+    work = tmp_path / "work"
+    assert cli("prepare", str(scifact_slice), "-w", str(work), "--max-passages", "20", "--seed", "3").returncode == 0
+    queries = tmp_path / "mine.txt"
+    queries.write_text("what do statins do to the liver\nhow is malaria spread\n")
+    assert cli("generate", "-w", str(work), "--queries", str(queries)).returncode == 0
+    resolved = yaml.safe_load((work / "config.yaml").read_text())
+    assert resolved["prepare"]["max_passages"] == 20 and resolved["prepare"]["seed"] == 3  # told to prepare, kept
+    assert resolved["generate"]["queries"] == str(queries)
+    remembered = (work / "config.yaml").read_bytes()
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    assert_one_line_error(cli("mine", "-w", str(work), "-r", str(not_a_model)), str(not_a_model))
+    assert (work / "config.yaml").read_bytes() == remembered  # not the model that failed
+    other = tmp_path / "other.yaml"
+    other.write_text(f"workdir: {work}\nprepare:\n  corpus: {scifact_slice}\n")
+    assert cli("prepare", "-c", str(other)).returncode == 0  # a config given is the config used
+    assert yaml.safe_load((work / "config.yaml").read_text())["prepare"]["max_passages"] != 20

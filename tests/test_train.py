@@ -417,3 +417,12 @@ def test_the_card_names_the_teacher_only_if_it_scored_the_labels(tmp_path, lists
     finish_partial(work / "labels.jsonl", key)
     assert labels_teacher(work, "bm25") == "bm25"
     assert labels_teacher(work, ["bm25", "bi-encoder:bundled:minilm"]) is None  # another teacher
+
+
+def test_the_logged_train_loss_is_the_whole_runs_after_a_resume():
+    from specialize.train.stage import whole_run_loss
+
+    # Steps 1..3 logged as two means (step 1; steps 2-3), then the trainer's closing entry with its own average.
+    history = [{"loss": 1.0, "step": 1}, {"eval_loss": 5.0, "step": 1}, {"loss": 3.0, "step": 3}, {"train_loss": 9.0, "step": 3}]
+    assert whole_run_loss(history)[-1] == {"train_loss": (1.0 * 1 + 3.0 * 2) / 3, "step": 3}
+    assert whole_run_loss(history)[:3] == history[:3]

@@ -85,7 +85,8 @@ def orphan_temporaries(path: Path) -> list[Path]:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
 
-    A crash or kill before the block ends leaves ``path`` as it was (or absent).
+    A crash or kill before the block ends leaves ``path`` as it was (or absent); an OS error that names
+    no file (a full disk) is raised again naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,6 +97,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None:  # a write that failed (a full disk) names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -251,8 +256,8 @@ class Workdir:
         if not force and previous is not None and self._is_current(previous, wanted_hash, wanted_inputs):
             return {**previous, "skipped": True}
         self.root.mkdir(parents=True, exist_ok=True)
-        for output in outputs:  # what a killed earlier run of the stage left half-written
-            for orphan in orphan_temporaries(self.path(output)):
+        for path in [*map(self.path, outputs), self.manifest_path(stage)]:  # what a killed earlier run left half-written
+            for orphan in orphan_temporaries(path):
                 orphan.unlink(missing_ok=True)
         started = time.perf_counter()
         counts = dict(body())

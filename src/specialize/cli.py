@@ -1,8 +1,8 @@
 """The `specialize` command line: one command per stage, plus run, demo, evaluate and report.
 
-Every command reads an optional YAML config, applies its flags and ``--set key=value``
-overrides on top, and writes the resolved config to ``<workdir>/config.yaml``. A user
-mistake ends in one line on stderr and exit code 2.
+Every command reads an optional YAML config (else the work directory's ``config.yaml``), applies its
+flags and ``--set key=value`` overrides on top, and once it succeeds writes the resolved config to
+``<workdir>/config.yaml``. A user mistake ends in one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -49,14 +49,21 @@ QueriesOption = Annotated[Optional[str], typer.Option(
 
 
 def _config(config: Path | None, workdir: Path | None, sets: list[str] | None, **flags: Any) -> Config:
-    """Load the config, apply --set assignments, then explicit flags (dotted keys), and write it out."""
+    """Load the config, apply --set assignments, then explicit flags (dotted keys).
+
+    Without ``--config`` a command starts from the work directory's ``config.yaml`` when there is one,
+    so what earlier commands were told stays told. The resolved config is written back only when the
+    command succeeds.
+    """
+    if config is None:
+        remembered = (workdir if workdir is not None else Path(Config().workdir)) / "config.yaml"
+        if remembered.is_file():
+            config, workdir = remembered, remembered.parent
     overrides: dict[str, Any] = dict(parse_assignment(item) for item in sets or [])
     load_config(config, overrides)  # each --set checked as written, before a flag could replace what it names
     given = {"workdir": str(workdir) if workdir is not None else None, **flags}
     overrides.update({key: value for key, value in given.items() if value is not None})
-    resolved = load_config(config, overrides)
-    write_resolved(resolved)
-    return resolved
+    return load_config(config, overrides)
 
 
 @app.command()
@@ -109,6 +116,7 @@ def evaluate(
     if not sets_:
         raise SpecializeError("evaluate: no test set given (pass --dataset; the prepared corpus has no test qrels)")
     results = run_evaluate(cfg.evaluate.model_copy(update={"models": targets, "datasets": sets_}), Path(cfg.workdir), cfg.prefixes)
+    write_resolved(cfg)
     _print_evaluation(results)
     console.print(f"results: {Path(cfg.workdir) / 'eval'}")
 

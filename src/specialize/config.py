@@ -47,6 +47,22 @@ class PrepareConfig(StrictModel):
     max_chars: int = Field(2048, ge=1, description="Source passage text is cut at this many characters.")
     exclude_qrels: list[str] = Field(default_factory=list, description="Extra qrels whose relevant docs are never sampled.")
     seed: int = 42
+    chunk: bool | None = Field(
+        None, description="Cut documents into passages of the student's tokens. None: on, except for a BEIR folder (passages "
+        "already, judged whole by its qrels); document files are always cut, records only when too long to read whole.",
+    )
+    chunk_tokens: int = Field(200, ge=16, description="Passage size aimed at, in tokens.")
+    chunk_max_tokens: int = Field(256, ge=16, description="No passage longer: title and special tokens included (the student's max_seq_length).")
+    chunk_overlap: int = Field(32, ge=0, description="Tokens a passage may share with the one before it.")
+    chunk_tokenizer: str | None = Field(None, description="The model whose tokenizer counts the tokens; None: train.student.")
+
+    @model_validator(mode="after")
+    def _chunk_sizes(self) -> PrepareConfig:
+        if self.chunk_tokens > self.chunk_max_tokens:
+            raise ValueError(f"chunk_tokens {self.chunk_tokens} is above chunk_max_tokens {self.chunk_max_tokens}")
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(f"chunk_overlap {self.chunk_overlap} must be below chunk_tokens {self.chunk_tokens}")
+        return self
 
 
 class LLMConfig(StrictModel):

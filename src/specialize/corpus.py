@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from specialize.artifacts import iter_jsonl, write_jsonl
+from specialize.chunking import Chunker, chunk_documents
+from specialize.counts import TypeCounts
+from specialize.documents import DOCUMENT_SUFFIXES, PAGE_BREAK, BadDocument, detect_format, read_document
 from specialize.errors import SpecializeError, located
 from specialize.models import cache_dir
 from specialize.progress import progress_bar, stderr
@@ -56,7 +59,7 @@ _ASCII_LETTERS = bytes(b if b >= 0x80 or chr(b).isalpha() else 0x20 for b in ran
 _LAST_SPACE = re.compile(r"\s\S*\Z")
 _SUPPORTED = (
     "a BEIR folder (corpus.jsonl[.gz]), .jsonl, .json, .csv, .tsv (each optionally .gz), .parquet, "
-    "a folder of .txt/.md files, a Hugging Face datasets folder (save_to_disk)"
+    "a folder of document files (.pdf, .docx, .html, .md, .txt) or one, a Hugging Face datasets folder (save_to_disk)"
 )
 
 
@@ -123,6 +126,11 @@ def _download_beir(name: str) -> Path:
 def _download_error(name: str, url: str, reason: str) -> SpecializeError:
     """The one-line error for a BEIR download that failed."""
     return SpecializeError(f"beir:{name}: cannot download {url} ({reason}); download it elsewhere and pass the folder")
+
+
+def is_beir_source(spec: str) -> bool:
+    """Whether a corpus spec names a BEIR data set (``demo:``, ``beir:`` or a folder with corpus.jsonl), without downloading it."""
+    return spec.startswith(("demo:", "beir:")) or (Path(spec).is_dir() and _beir_file(Path(spec), "corpus") is not None)
 
 
 def _beir_file(folder: Path, stem: str) -> Path | None:
@@ -254,11 +262,15 @@ def _json_records(path: Path, reject: Reject) -> Iterator[Record]:
 
 
 def _csv_records(path: Path, reject: Reject) -> Iterator[Record]:
-    """The rows of a .csv/.tsv[.gz] file with a header row; numbers are the lines rows start on."""
+    """The rows of a .csv/.tsv[.gz] file with a header row; numbers are the lines rows start on.
+
+    Quoting is strict: a quoted field that is not closed where it should be stops the load when it runs
+    over several lines, since the rows after it would be swallowed into it and lost uncounted.
+    """
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     delimiter = "\t" if path.name.lower().removesuffix(".gz").endswith(".tsv") else ","
     with _open_text(path) as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
+        reader = csv.reader(handle, delimiter=delimiter, strict=True)
         try:
             header = next(reader)
         except StopIteration:
@@ -270,19 +282,26 @@ def _csv_records(path: Path, reject: Reject) -> Iterator[Record]:
         header = [name.strip() for name in header]
         end = reader.line_num
         while True:
+            start = end + 1
             try:
                 row = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
-                reject(located(path, end + 1, f"not a valid row ({exc})"), "bad_row")
+                if reader.line_num > start:
+                    raise located(
+                        path, start, f"a quoted field opened on this line is not closed where it should be (line {reader.line_num}: {exc}): "
+                        "an unclosed quote would swallow the rows after it",
+                    ) from None
+                reject(located(path, start, f"not a valid row ({exc}; a quote inside a quoted field is written twice)"), "bad_row")
                 end = reader.line_num
                 continue
-            start, end = end + 1, reader.line_num
+            end = reader.line_num
             if not row:
                 continue
             if len(row) != len(header):
-                reject(located(path, start, f"{len(row)} fields where the header has {len(header)}"), "bad_row")
+                spans = f" (the row runs over lines {start}-{end}: an unclosed quote?)" if end > start else ""
+                reject(located(path, start, f"{len(row)} fields where the header has {len(header)}{spans}"), "bad_row")
                 continue
             yield path, start, dict(zip(header, row, strict=True))
 
@@ -338,25 +357,43 @@ def _hf_records(folder: Path, reject: Reject) -> Iterator[Record]:
             yield folder, number, record
 
 
-def _text_folder_records(folder: Path, reject: Reject) -> Iterator[Record]:
-    """One record per .txt/.md file under a folder: id = relative path without suffix."""
-    files = sorted(
-        path
-        for path in folder.rglob("*")
-        if path.suffix.lower() in (".txt", ".md")
-        and path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
+def document_files(path: Path) -> list[Path] | None:
+    """The document files a corpus path stands for (a folder of them, or one), or None when it is not such a source.
+
+    A folder's files are its PDF, Word, HTML, Markdown and text files, hidden ones aside, in path order.
+    """
+    if path.is_dir():
+        if _beir_file(path, "corpus") is not None or _is_hf_dataset(path):
+            return None
+        return sorted(
+            file for file in path.rglob("*")
+            if file.suffix.lower() in DOCUMENT_SUFFIXES and file.is_file() and not any(part.startswith(".") for part in file.relative_to(path).parts)
+        )
+    return [path] if path.suffix.lower() in DOCUMENT_SUFFIXES else None
+
+
+def _document_records(root: Path, files: list[Path], reject: Reject) -> Iterator[Record]:
+    """One record per document file: id = its path under ``root`` without the suffix, ``source`` = with it, and its ``format``."""
     for file in files:
-        raw = file.read_bytes()
+        relative = file.relative_to(root)
         try:
-            content = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            line = raw.count(b"\n", 0, exc.start) + 1
-            reject(located(file, line, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"), "bad_encoding")
+            kind = detect_format(file)
+            if kind in ("pdf", "docx", "html"):
+                document = read_document(file, kind)
+                title, text = document.title, document.text
+            else:
+                raw = file.read_bytes()
+                try:
+                    content = raw.decode("utf-8-sig")
+                except UnicodeDecodeError as exc:
+                    line = raw.count(b"\n", 0, exc.start) + 1
+                    reject(located(file, line, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"), "bad_encoding")
+                    continue
+                title, text = _split_heading(content, file.stem)
+        except BadDocument as bad:
+            reject(located(file, None, bad.message), bad.reason)
             continue
-        title, text = _split_heading(content, file.stem)
-        yield file, None, {"_id": file.relative_to(folder).with_suffix("").as_posix(), "title": title, "text": text}
+        yield file, None, {"_id": relative.with_suffix("").as_posix(), "title": title, "text": text, "source": relative.as_posix(), "format": kind}
 
 
 def _split_heading(content: str, stem: str) -> tuple[str, str]:
@@ -392,13 +429,12 @@ def _file_reader(path: Path, readers: Mapping[str, Reader], supported: str) -> R
 
 def _records(path: Path, reject: Reject) -> Iterator[Record]:
     """The raw records of a corpus, read by the reader its path calls for."""
+    files = document_files(path)
+    if files is not None:
+        return _document_records(path if path.is_dir() else path.parent, files, reject)
     if path.is_dir():
         corpus = _beir_file(path, "corpus")
-        if corpus is not None:
-            return _jsonl_records(corpus, reject)
-        if _is_hf_dataset(path):
-            return _hf_records(path, reject)
-        return _text_folder_records(path, reject)
+        return _jsonl_records(corpus, reject) if corpus is not None else _hf_records(path, reject)
     return _file_reader(path, _FILE_READERS, _SUPPORTED)(path, reject)
 
 
@@ -434,7 +470,9 @@ def load_corpus(
         (id_field,) if id_field else ID_FIELDS, (title_field,) if title_field else TITLE_FIELDS, (text_field,) if text_field else TEXT_FIELDS,
         empty_text=True,
     )
-    return _docs(path, _records(path, reject), checker.parse, reject)
+    if document_files(path) is None:
+        return _docs(path, _records(path, reject), checker.parse, reject)
+    return _docs(path, _records(path, reject), lambda record: {**checker.parse(record), "source": record["source"], "format": record["format"]}, reject)
 
 
 def _docs(path: Path, records: Iterator[Record], parse: Callable[[dict[str, Any]], Doc], reject: Reject, noun: str = "documents") -> Iterator[Doc]:
@@ -670,8 +708,10 @@ def prepare(
     max_chars: int = 2048,
     seed: int = 42,
     exclude_qrels: Sequence[str | Path] = (),
-) -> dict[str, int]:
-    """Write ``corpus.jsonl`` (clean, deduplicated) and ``passages.jsonl`` (the sample); return counts."""
+    chunker: Chunker | None = None,
+) -> dict[str, Any]:
+    """Write ``corpus.jsonl`` (clean, deduplicated; cut into passages by ``chunker`` when given) and ``passages.jsonl``
+    (the sample); return counts, per format for document files."""
     skipped: Counter[str] = Counter()
     docs = list(
         load_corpus(
@@ -683,6 +723,17 @@ def prepare(
             skipped=skipped,
         )
     )
+    loaded = len(docs)
+    whole_files = document_files(resolve_dataset(str(source))) is not None
+    format_of = {doc["source"]: doc["format"] for doc in docs} if whole_files else {}
+    formats = TypeCounts()
+    for doc in docs if whole_files else ():
+        formats.add("files", doc["format"])
+        formats.add("pages", doc["format"], doc["text"].count(PAGE_BREAK) + 1 if doc["format"] == "pdf" else 0)
+    if chunker is not None:
+        docs = list(chunk_documents(docs, chunker, whole_files))
+    for doc in docs if whole_files else ():
+        formats.add("passages", format_of[doc["source"]])
     dropped: Counter[str] = Counter()
     merged_into: dict[str, str] = {}
     corpus = deduplicate(docs, min_chars, dropped, merged_into) if dedup else list(_drop_short(docs, min_chars, dropped))
@@ -693,17 +744,21 @@ def prepare(
     if dropped["empty"]:
         stderr.print(f"prepare: {dropped['empty']:,} documents with an empty text dropped (dropped_empty in the manifest)", highlight=False)
     relevant = relevant_test_ids(source, exclude_qrels)
-    # A kept passage that absorbed a test-relevant duplicate is as good as relevant: never sample it.
+    # A kept passage that absorbed a test-relevant duplicate, or was cut from a relevant document, is as good as
+    # relevant: never sample it.
     excluded = relevant | {merged_into[doc_id] for doc_id in relevant if doc_id in merged_into}
+    excluded |= {doc["_id"] for doc in corpus if doc.get("source") in relevant}
     passages = sample_passages(corpus, max_passages, max_chars, seed, excluded)
     workdir = Path(workdir)
     write_jsonl(workdir / "corpus.jsonl", corpus)
     write_jsonl(workdir / "passages.jsonl", passages)
     return {
-        "loaded": len(docs),
+        "loaded": loaded,
+        **({"chunked": len(docs)} if chunker is not None else {}),
         **{f"skipped_{reason}": n for reason, n in sorted(skipped.items())},
         **{f"dropped_{reason}": dropped[reason] for reason in DROP_REASONS},
         "corpus": len(corpus),
         "excluded_test_relevant": sum(doc["_id"] in excluded for doc in corpus),
         "passages": len(passages),
+        **(formats.summary(("files", "pages", "passages"), format_of.values()) if whole_files else {}),
     }

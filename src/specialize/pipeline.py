@@ -40,15 +40,20 @@ class StagePlan:
 
 
 def _prepare(cfg: Config, work: Path) -> StagePlan:
-    from specialize.corpus import prepare
+    from specialize.chunking import Chunker
+    from specialize.corpus import is_beir_source, prepare
 
     p = cfg.prepare
     if p.corpus is None:
         raise SpecializeError("prepare: no corpus given (pass a path or set prepare.corpus in the config)")
+    chunk = p.chunk if p.chunk is not None else not is_beir_source(p.corpus)
+    # What the passages depend on: whether documents are cut, and then by which tokenizer.
+    p = p.model_copy(update={"chunk": chunk, "chunk_tokenizer": (p.chunk_tokenizer or cfg.train.student) if chunk else None})
     body = lambda: prepare(  # noqa: E731
         p.corpus, work, id_field=p.id_field, title_field=p.title_field, text_field=p.text_field, skip_bad=p.skip_bad,
         min_chars=p.min_chars, dedup=p.dedup, max_passages=p.max_passages, max_chars=p.max_chars, seed=p.seed,
         exclude_qrels=[Path(q) for q in p.exclude_qrels],
+        chunker=Chunker(p.chunk_tokenizer, p.chunk_tokens, p.chunk_max_tokens, p.chunk_overlap) if chunk else None,
     )
     inputs = {"corpus": p.corpus, **{f"exclude_qrels_{i}": q for i, q in enumerate(p.exclude_qrels)}}
     return StagePlan("prepare", p, inputs, ["corpus.jsonl", "passages.jsonl"], body)
@@ -190,13 +195,16 @@ PLANS: dict[str, Callable[[Config, Path], StagePlan]] = {
 
 
 def run_stage(cfg: Config, name: str, force: bool = False) -> dict[str, Any]:
-    """Run one stage (or skip it when it is up to date); its manifest, with ``skipped``."""
+    """Run one stage (or skip it when it is up to date); its manifest, with ``skipped``. Once it succeeds, the
+    resolved config is written to ``<workdir>/config.yaml`` (a failing stage leaves the file as it was)."""
     work = Path(cfg.workdir)
     plan = PLANS[name](cfg, work)
     for file, stage in plan.needs:
         if not (work / file).is_file():
             raise SpecializeError(f"{work / file}: not found; run `specialize {stage}` first")
-    return Workdir(work).run_stage(plan.name, plan.config, plan.inputs, plan.outputs, plan.body, force=force)
+    manifest = Workdir(work).run_stage(plan.name, plan.config, plan.inputs, plan.outputs, plan.body, force=force)
+    write_resolved(cfg)
+    return manifest
 
 
 def stage_range(start: str | None, stop: str | None) -> list[str]:
@@ -236,7 +244,6 @@ class Pipeline:
         is trained on the same labeled data, and with ``ablate_types`` one model per query type and one on the mixture
         cut to a type's size; ``evaluate`` then compares them all. ``on_stage(name, manifest, workdir)`` follows each.
         """
-        write_resolved(self.config)
         work = Path(self.config.workdir)
         manifests = {}
         for name in stage_range(start, stop):

@@ -74,6 +74,20 @@ def _funnel_section(workdir: Path, plots: Path) -> Section | None:
     return Section("Funnel: queries kept after each filter", text, ["type", *steps], rows, _bar_plot(plots / "funnel.png", steps, per_type, "queries"))
 
 
+def _documents_section(workdir: Path) -> Section | None:
+    """Document files → pages → passages per format, and the files skipped, when the corpus was a folder of files."""
+    counts = _counts(workdir, "prepare")
+    formats = by_type(counts)
+    if not formats:
+        return None
+    rows = [[kind, row.get("files", 0), row.get("pages", 0) or "", row.get("passages", 0)] for kind, row in formats.items()]
+    skipped = {key.removeprefix("skipped_"): n for key, n in counts.items() if key.startswith("skipped_") and n}
+    text = ("Files skipped (`--skip-bad`): " + ", ".join(f"{n:,} {reason.replace('_', ' ')}" for reason, n in skipped.items()) + ". "
+            if skipped else "")
+    text += "Passages are counted before deduplication; pages only for PDF."
+    return Section("Documents: files, pages and passages per format", text, ["format", "files", "pages", "passages"], rows)
+
+
 def _audit_section(workdir: Path, plots: Path) -> Section | None:
     report = _read(workdir / "audit.json")
     if not report:
@@ -276,7 +290,7 @@ def report(workdir: Path) -> tuple[Path, Path]:
     if not (workdir / "stages").is_dir() and not (workdir / "eval").is_dir():
         raise SpecializeError(f"{workdir}: not a work directory (no stages/ or eval/ inside); run a stage first")
     plots = workdir / "report"
-    candidates = [_result_section(workdir), _gate_section(workdir), _funnel_section(workdir, plots), _selection_section(workdir), _audit_section(workdir, plots),
+    candidates = [_result_section(workdir), _gate_section(workdir), _documents_section(workdir), _funnel_section(workdir, plots), _selection_section(workdir), _audit_section(workdir, plots),
                   _training_section(workdir, plots), *_evaluation_sections(workdir, plots)]
     sections = [section for section in candidates if section is not None]
     title = f"specialize report: {workdir.resolve().name}"

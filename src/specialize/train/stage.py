@@ -276,10 +276,21 @@ def train(
             save_model(base if frozen is None else frozen.with_query_route(base), embedding.prefixes, staging, config.student)
         add_to_card(staging, card_section({**summary, "selection": selection}, workdir))
         replace_folder(staging, final)
-        write_json(workdir / LOG, state.log_history)
+        write_json(workdir / LOG, whole_run_loss(state.log_history))
         write_json(workdir / SUMMARY, summary)
     trainer.accelerator.wait_for_everyone()
     return manifest_counts(json.loads((workdir / SUMMARY).read_text(encoding="utf-8")))
+
+
+def whole_run_loss(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trainer's log, its closing ``train_loss`` made the run's: the mean of the logged losses, each weighted by
+    the steps it covers. (The trainer averages only the steps since the last resume.)"""
+    steps, total, last = 0, 0.0, 0
+    for entry in history:
+        if "loss" in entry and "step" in entry:
+            total += entry["loss"] * (entry["step"] - last)
+            steps, last = steps + entry["step"] - last, entry["step"]
+    return [{**entry, "train_loss": total / steps} if "train_loss" in entry and steps else entry for entry in history]
 
 
 def keep_base(

@@ -1,17 +1,20 @@
-"""`generate` throughput: prompts sharing their prefix vs a draw of examples per passage vs a bare loop.
+"""`generate` throughput: the stage as shipped against the stage before each of its speed-ups, and a bare loop.
 
 For each bundled LLM, ``--prompts`` SciFact abstracts (prepare's seeded sample) are cut into
-chunks of ``--chunk`` (one example group), and chunk by chunk three sides write a query for each,
-alternating so that a change in the machine's load hits all alike, on the same ``Llama`` instance:
+chunks of ``--chunk`` (one example group), and chunk by chunk every side writes a query for each,
+alternating so that a change in the machine's load hits all alike, on the same ``Llama``:
 
-* **grouped**: the generate stage as shipped (``few_shot_group`` 32): the prompts of one type in a
-  group show the same examples, run one after the other, and llama.cpp evaluates their shared
-  prefix once;
-* **per passage**: the stage with ``few_shot_group: 1``, the papers' setting: examples drawn per
-  passage, so prompts share only the system line and each is decoded from scratch;
-* **bare**: a loop of ``llama_cpp.Llama.create_chat_completion`` over the grouped side's chat
-  messages and seeds in its order, with llama-cpp-python's own prefix reuse between prompts (which
-  our backend does in two fixed steps so that a seed always gives the same text).
+* **shipped**: the generate stage with its defaults: the prompts of one type in a group of
+  ``few_shot_group`` passages show the same examples and go to the backend in blocks of one type;
+  their shared prefix is evaluated once and up to ``llm.batch_size`` replies are decoded side by
+  side; the passage is cut at ``passage_tokens`` (384);
+* **one at a time**: the same with ``llm.batch_size: 1`` (one reply decoded at a time);
+* **passage 256** / **passage 192**: the shipped stage with the passage cut at 256 or 192 tokens;
+* **per passage**: ``few_shot_group: 1``, ``batch_size: 1``: examples drawn per passage, each
+  prompt read whole, one reply at a time: the stage as it was when generation measured 0.24
+  queries/s;
+* **bare**: a loop of ``llama_cpp.Llama.create_chat_completion`` over the shipped side's chat
+  messages and seeds in its order, with llama-cpp-python's own prefix reuse between prompts.
 
 Tokens are counted by tokenizing each reply with the model's own tokenizer, the same way on every
 side; the stage runs with ``retries: 0`` here, doing what the bare loop does. Then the cost of a
@@ -78,19 +81,36 @@ def retry_cost(llm, messages: list[list[dict]], seeds: list[int], config) -> dic
     return {"first_attempt_s": round(first, 2), "retry_s": round(retry, 2), "retry_over_first": round(retry / first, 3)}
 
 
+def use_width(llm, width: int) -> None:
+    """The side's ``llm.batch_size`` on the same ``Llama``: its generation context closed, a new one made on first use."""
+    if llm._sequences is not None:
+        llm._sequences.context.close()  # the model holds on to a context until it is closed
+    llm.width, llm._sequences = width, None
+
+
+SIDES = {  # name: (few_shot_group (None: --chunk), llm.batch_size (None: its default), passage_tokens (None: its default))
+    "shipped": (None, None, None),
+    "one_at_a_time": (None, 1, None),
+    "passage_256": (None, None, 256),
+    "passage_192": (None, None, 192),
+    "per_passage": (1, 1, None),
+}
+
+
 def measure(model: str, passages: list[dict], chunk: int, threads: int, retry_prompts: int) -> dict:
-    """Seconds and tokens of the three sides over the same passages, chunk by chunk, alternating; then a retry's cost."""
+    """Seconds and tokens of every side over the same passages, chunk by chunk, alternating; then a retry's cost."""
     from specialize.artifacts import read_jsonl
     from specialize.config import GenerateConfig, LLMConfig
     from specialize.generate.stage import generate
     from specialize.llm import load_llm
 
-    configs = {
-        "grouped": GenerateConfig(model=model, llm=LLMConfig(threads=threads), few_shot_group=chunk, retries=0),
-        "per_passage": GenerateConfig(model=model, llm=LLMConfig(threads=threads), few_shot_group=1, retries=0),
-    }
-    llm = load_llm(model, configs["grouped"].llm, configs["grouped"].seed)
-    llm.llm._ctx.set_n_threads(threads, threads)  # llm.threads sets decode threads only, not the prompt's
+    configs, widths = {}, {}
+    for side, (group, width, cut) in SIDES.items():
+        llm_config = LLMConfig(threads=threads, **({"batch_size": width} if width else {}))
+        configs[side] = GenerateConfig(model=model, llm=llm_config, few_shot_group=group or chunk, retries=0,
+                                       **({"passage_tokens": cut} if cut else {}))
+        widths[side] = llm_config.batch_size
+    llm = load_llm(model, configs["shipped"].llm, configs["shipped"].seed)
     tokens = lambda text: len(llm.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))  # noqa: E731
     seconds = dict.fromkeys([*configs, "bare"], 0.0)
     replied = dict.fromkeys(seconds, 0)
@@ -98,6 +118,7 @@ def measure(model: str, passages: list[dict], chunk: int, threads: int, retry_pr
     with tempfile.TemporaryDirectory() as folder:
         for start in range(0, len(passages), chunk):
             for side, config in configs.items():
+                use_width(llm, widths[side])
                 work = Path(folder) / f"{side}{start}"
                 work.mkdir()
                 (work / "passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages[start : start + chunk]))
@@ -106,31 +127,40 @@ def measure(model: str, passages: list[dict], chunk: int, threads: int, retry_pr
                 seconds[side] += time.perf_counter() - began
                 replied[side] += sum(tokens(r["raw"]) for r in read_jsonl(work / "generations.jsonl"))
                 prompt_tokens[side] += sum(len(llm.render(m)) for m in stage_messages(work, config, llm)[0])
-            messages, seeds = stage_messages(Path(folder) / f"grouped{start}", configs["grouped"], llm)
+            messages, seeds = stage_messages(Path(folder) / f"shipped{start}", configs["shipped"], llm)
             llm.llm.reset()  # the bare loop must not find our last prompt in the cache
             began = time.perf_counter()
             replies = [
-                llm.llm.create_chat_completion(messages=m, temperature=configs["grouped"].temperature, max_tokens=configs["grouped"].max_new_tokens, seed=s)
+                llm.llm.create_chat_completion(messages=m, temperature=configs["shipped"].temperature, max_tokens=configs["shipped"].max_new_tokens, seed=s)
                 for m, s in zip(messages, seeds)
             ]
             seconds["bare"] += time.perf_counter() - began
             replied["bare"] += sum(tokens(r["choices"][0]["message"]["content"] or "") for r in replies)
-        messages, seeds = stage_messages(Path(folder) / "grouped0", configs["grouped"], llm)
+        messages, seeds = stage_messages(Path(folder) / "shipped0", configs["shipped"], llm)
+    use_width(llm, widths["shipped"])
     n = len(passages)
     return {
-        "model": model, "prompts": n, "prompt_tokens_mean": round(prompt_tokens["grouped"] / n),
+        "model": model, "prompts": n, "batch_size": widths["shipped"], "passage_tokens": configs["shipped"].passage_tokens,
+        **{f"{side}_prompt_tokens_mean": round(prompt_tokens[side] / n) for side in configs},
         **{f"{side}_q_per_s": round(n / seconds[side], 3) for side in seconds},
         **{f"{side}_tok_per_s": round(replied[side] / seconds[side], 2) for side in seconds},
-        "speedup_over_per_passage": round(seconds["per_passage"] / seconds["grouped"], 2),
-        "ratio_to_bare": round(seconds["bare"] / seconds["grouped"], 3),
-        **retry_cost(llm, messages[:retry_prompts], seeds[:retry_prompts], configs["grouped"]), "peak_rss_mb": round(peak_rss_mb(), 1),
+        **{f"shipped_over_{side}": round(seconds[side] / seconds["shipped"], 2) for side in seconds if side != "shipped"},
+        **retry_cost(llm, messages[:retry_prompts], seeds[:retry_prompts], configs["shipped"]), "peak_rss_mb": round(peak_rss_mb(), 1),
     }
+
+
+def by_side(row: dict) -> list[dict]:
+    """One model's row as a line per side: queries/s, reply tokens/s, prompt tokens, and how much faster the shipped stage is."""
+    return [{
+        "model": row["model"], "side": side, "q/s": row[f"{side}_q_per_s"], "reply tok/s": row[f"{side}_tok_per_s"],
+        "prompt tokens": row.get(f"{side}_prompt_tokens_mean", "-"), "shipped ×": row.get(f"shipped_over_{side}", 1.0),
+    } for side in [*SIDES, "bare"]]
 
 
 def with_earlier_rows(rows: list[dict]) -> list[dict]:
     """These rows, after the rows of the last results for models not measured this time."""
     path = RESULTS / "generate.json"
-    earlier = [row for row in json.loads(path.read_text())["rows"] if "grouped_q_per_s" in row] if path.is_file() else []  # this schema only
+    earlier = [row for row in json.loads(path.read_text())["rows"] if "shipped_q_per_s" in row] if path.is_file() else []  # this schema only
     measured = {row["model"] for row in rows}
     return [row for row in earlier if row["model"] not in measured] + rows
 
@@ -145,7 +175,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--chunk", type=int, default=32, help="prompts per alternation: one example group (few_shot_group)")
     parser.add_argument("--retry-prompts", type=int, default=8, help="prompts the retry cost is measured on")
-    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads, decode and prompt (1 is fastest on a busy 2-core machine)")
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads, decode and prompt")
     args = parser.parse_args()
 
     passages = sample_passages(args.prompts)
@@ -158,11 +188,13 @@ def main() -> None:
         rows.append(queue.get())
         child.join()
     rows = with_earlier_rows(rows)
-    print_table(f"generate: shared prefix vs a draw per passage vs bare create_chat_completion (SciFact prompts, {args.threads} threads)", rows)
-    fastest = max(rows, key=lambda row: row["grouped_q_per_s"])
+    print_table(f"generate: the stage as shipped vs before each speed-up vs bare create_chat_completion (SciFact prompts, {args.threads} threads)",
+                [side for row in rows for side in by_side(row)])
+    print("a retry / a first attempt:", {row["model"]: row["retry_over_first"] for row in rows}, "peak RSS MB:", {row["model"]: row["peak_rss_mb"] for row in rows})
+    fastest = max(rows, key=lambda row: row["shipped_q_per_s"])
     path = save("generate", {
         "chunk": args.chunk, "threads": args.threads, "rows": rows, "target_ratio_to_bare": 0.9, "fastest": fastest["model"],
-        "note": "wall times; the three sides alternate chunk by chunk on one Llama",
+        "note": "wall times; the sides alternate chunk by chunk on one Llama",
     })
     print(f"wrote {path}")
 

@@ -15,7 +15,7 @@ after a prompt change regenerates only the types whose prompt changed, and a kil
 just the first ``--passages`` (its queries for those passages), so that a generator measured on
 fewer passages is compared on the same ones.
 
-    python benchmarks/bench_roundtrip.py [--generator bundled:qwen-0.5b] [--passages 200] [--retries 2] [--label baseline] [--attempt 2]
+    python benchmarks/bench_roundtrip.py [--generator bundled:qwen-0.5b] [--passages 200] [--retries 2] [--passage-tokens 256] [--label baseline] [--attempt 2]
                                          [--compare bundled:qwen-0.5b]
 """
 
@@ -36,9 +36,9 @@ SAMPLE = 200
 MEAN_COLUMNS = ("bm25@20 %", "minilm@20 %", "either %", "both %", "yield %", "first: either %", "first: yield %")
 
 
-def workdir_for(root: Path, generator: str, kind: str, prompt: object, passages: int, retries: int) -> Path:
-    """The cached work directory of one generator, type, prompt of that type and number of retries."""
-    digest = hashlib.sha256(repr((prompt, retries)).encode()).hexdigest()[:10]
+def workdir_for(root: Path, generator: str, kind: str, prompt: object, passages: int, retries: int, passage_tokens: int) -> Path:
+    """The cached work directory of one generator, type, prompt of that type, number of retries and passage cut."""
+    digest = hashlib.sha256(repr((prompt, retries, passage_tokens)).encode()).hexdigest()[:10]
     return root / generator.replace(":", "_").replace("/", "_") / f"{kind}-{digest}-{passages}"
 
 
@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--prompts", action="append", default=[], help="prompt files or folders on top of the bank (generate.prompts)")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads, decode and prompt (1 is fastest on a busy 2-core machine)")
     parser.add_argument("--retries", type=int, default=None, help="generate.retries (default: its default); first-attempt figures are shown beside")
+    parser.add_argument("--passage-tokens", type=int, default=None, help="generate.passage_tokens (default: its default)")
     parser.add_argument("--label", default="", help="what this attempt changed, saved with the figures")
     parser.add_argument("--compare", default=None, help=f"a generator whose cached {SAMPLE}-passage run is scored on the same first --passages passages")
     parser.add_argument("--attempt", default="", help="results go to roundtrip_<generator>_<attempt>.json (default: roundtrip_<generator>.json)")
@@ -114,10 +115,12 @@ def main() -> None:
     config = GenerateConfig(model=args.generator, llm=LLMConfig(threads=args.threads), prompts=args.prompts)
     if args.retries is not None:
         config = config.model_copy(update={"retries": args.retries})
+    if args.passage_tokens is not None:
+        config = config.model_copy(update={"passage_tokens": args.passage_tokens})
     compare = {}  # the other generator's finished full-sample work directory per type, checked before any work
     if args.compare:
         for kind in kinds:
-            work = workdir_for(root, args.compare, kind, bank[kind], SAMPLE, config.retries)
+            work = workdir_for(root, args.compare, kind, bank[kind], SAMPLE, config.retries, config.passage_tokens)
             if (work / "queries.jsonl").is_file():
                 compare[kind] = work
         if not compare:
@@ -126,13 +129,12 @@ def main() -> None:
     llm = None
     rows = []
     for kind in kinds:
-        work = workdir_for(root, args.generator, kind, bank[kind], args.passages, config.retries)
+        work = workdir_for(root, args.generator, kind, bank[kind], args.passages, config.retries, config.passage_tokens)
         work.mkdir(parents=True, exist_ok=True)
         (work / "passages.jsonl").write_text("".join(passages))
         started = time.perf_counter()
         if llm is None and not (work / "queries.jsonl").is_file():
             llm = load_llm(args.generator, config.llm, config.seed)
-            llm.llm._ctx.set_n_threads(args.threads, args.threads)  # llm.threads sets decode threads only, not the prompt's
         counts = generate(work, config.model_copy(update={"types": [kind]}), llm=llm)
         seconds = time.perf_counter() - started
         dropped = {reason: counts[f"dropped_{reason}"] for reason in REASONS if counts[f"dropped_{reason}"]}
@@ -144,7 +146,7 @@ def main() -> None:
         })
     mean = report(f"round trip @{DEPTH}, {args.generator}, {args.passages} SciFact passages per type", rows)
     results = {"generator": args.generator, "passages": args.passages, "depth": DEPTH, "label": args.label, "prompts": args.prompts,
-               "threads": args.threads, "retries": config.retries, "rows": rows, "mean": mean}
+               "threads": args.threads, "retries": config.retries, "passage_tokens": config.passage_tokens, "rows": rows, "mean": mean}
     if compare:
         compared = [{"type": kind, **score(retrievers, position, work, sources)} for kind, work in compare.items()]
         title = f"the same {args.passages} passages, {args.compare} (from its {SAMPLE}-passage run)"

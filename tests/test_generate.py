@@ -110,52 +110,60 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(gemma_run, one_per_typ
     broken = _write_passages(tmp_path / "broken", one_per_type)
     config = GenerateConfig(block=2, **SMALL)
     with pytest.raises(KeyboardInterrupt):
-        generate(broken, config, llm=Killable(gemma, limit=3))  # dies asking for the second block
+        generate(broken, config, llm=Killable(gemma, limit=3))  # a block never spans two types: one prompt each here
     assert not (broken / "queries.jsonl").exists() and not (broken / "generations.jsonl").exists()
     (partial,) = broken.glob(".generations.jsonl.*.partial")
-    assert [r["source_id"] for r in _lines(partial)] == [doc["_id"] for doc in one_per_type[:2]]
+    assert [r["source_id"] for r in _lines(partial)] == [doc["_id"] for doc in one_per_type[:3]]
     with open(partial, "a") as handle:
         handle.write('{"qid": "gen-torn", "source_id": "torn", "ty')  # a write cut off by the kill
 
     llm = Killable(gemma)
     resumed = generate(broken, config, llm=llm)
-    assert len(llm.asked) == 4 and not any(passage_text(doc)[:40] in "".join(llm.asked) for doc in one_per_type[:2])
+    assert len(llm.asked) == 3 and not any(passage_text(doc)[:40] in "".join(llm.asked) for doc in one_per_type[:3])
     for name in ("generations.jsonl", "queries.jsonl"):
         assert (broken / name).read_bytes() == (whole / name).read_bytes(), name
-    assert resumed["generations_resumed"] == 2 and resumed["generated_now"] == 4
+    assert resumed["generations_resumed"] == 3 and resumed["generated_now"] == 3
     same = {key for key in expected if key not in ("generations_resumed", "generated_now", "queries_per_second")}
     assert {key: resumed[key] for key in same} == {key: expected[key] for key in same}
     assert not list(broken.glob(".generations.jsonl.*.partial"))
 
 
-def test_prompts_sharing_a_prefix_give_the_same_text_in_any_order_and_evaluate_it_once(gemma, one_per_type):
-    """The llama.cpp backend evaluates a prefix once for the prompts that share it, and a seed gives
-    the same text whatever ran before: alone, after its neighbours, after a judge call."""
-    question = BUNDLED["question"]
+def test_prompts_sharing_a_prefix_evaluate_it_once_and_decode_side_by_side(gemma, one_per_type):
+    """Three prompts of one type and example group: the prefix once, each rest once, the replies one forward pass per token."""
     from specialize.generate.prompts import build_messages
+    from specialize.llm.llama_cpp_backend import Sequences
 
+    question = BUNDLED["question"]
     prefix = build_messages(question, "", 42, "group-0", 1)
     prompts = [build_messages(question, passage_text(doc)[:200], 42, "group-0", 1) for doc in one_per_type[:3]]
     options = {"temperature": 0.8, "max_new_tokens": 8, "accept": lambda index, reply: True, "attempts": 1}
-    evaluated = []
-    inner_eval = gemma.llm.eval
-    gemma.llm.eval = lambda tokens: (evaluated.append(len(tokens)), inner_eval(tokens))[1]
+    passes = []
+    forward = Sequences._forward
+    Sequences._forward = lambda self, rows: (passes.append([(position, sequence, logits) for _, position, sequence, logits in rows]), forward(self, rows))[1]
     try:
+        gemma.yes_no([prompts[0]])  # other text in the judge's cache first
         shared = gemma.sample_until(prompts, seeds=[1, 2, 3], prefixes=[prefix] * 3, **options)
-        shared_tokens = sum(evaluated)
-        evaluated.clear()
-        gemma.sample_until(prompts, seeds=[1, 2, 3], **options)
-        alone_tokens = sum(evaluated)
-        gemma.yes_no([prompts[0]])  # the judge leaves other text in the cache
-        backwards = gemma.sample_until(prompts[::-1], seeds=[3, 2, 1], prefixes=[prefix] * 3, **options)[::-1]
+        first = list(passes)
+        passes.clear()
+        again = gemma.sample_until(prompts, seeds=[1, 2, 3], prefixes=[prefix] * 3, **options)  # the prefix is still there
+        kept = list(passes)
+        passes.clear()
+        alone = gemma.sample_until(prompts, seeds=[1, 2, 3], **options)  # no prefix named: each prompt whole
+        unshared = list(passes)
     finally:
-        del gemma.llm.eval
+        Sequences._forward = forward
     lengths = [len(gemma.render(messages)) for messages in prompts]
-    head = len(gemma.render(prefix))
-    assert shared == backwards and all(len(tried) == 1 for tried in shared)
-    assert alone_tokens >= sum(lengths)  # each prompt from scratch
-    # The prefix (all but the last few tokens of the empty-passage prompt) once, then each prompt's rest.
-    assert sum(lengths) - 2 * (head - 5) <= shared_tokens < sum(lengths) - 2 * (head - 20)
+    head = gemma.llm.longest_token_prefix(gemma.render(prompts[0]), gemma.render(prefix))
+    evaluated = lambda log: sum(not logits for rows in log for *_, logits in rows)  # noqa: E731  prompt tokens, no logits wanted
+    assert 100 < head < min(lengths) and shared == again and all(len(tried) == 1 and tried[0].strip() for tried in shared)
+    assert evaluated(first) == head + sum(length - head - 1 for length in lengths)  # the prefix once, each rest but its last token
+    assert evaluated(kept) == sum(length - head - 1 for length in lengths)
+    assert evaluated(unshared) == sum(length - 1 for length in lengths) and len(alone) == 3
+    decoding = [rows for rows in first if all(logits for *_, logits in rows)]
+    assert [sequence for _, sequence, _ in decoding[0]] == [0, 1, 2]  # each prompt's last token, side by side
+    assert [position for position, _, _ in decoding[0]] == [length - 1 for length in lengths]
+    assert len(decoding) <= 8 and max(len(rows) for rows in decoding) == 3  # a pass per new token, not per reply and token
+
 
 
 # --- cleaning, with a scripted LLM --------------------------------------------------------------
@@ -212,7 +220,8 @@ def test_cleaning_keeps_the_query_and_counts_every_drop_by_reason_and_type(tmp_p
         for kind in ("question", "msmarco"):
             expected = sum(DROPPED.get(title) == reason and kinds[f"d-{title}"] == kind for title in SCRIPT)
             assert counts["by_type"][kind][f"dropped_{reason}"] == expected, (reason, kind)
-    assert [call[0] for call in llm.calls] == [4, 4, 2]
+    sizes = [list(kinds.values()).count(kind) for kind in ("question", "msmarco")]
+    assert [call[0] for call in llm.calls] == [min(4, n - start) for n in sizes for start in range(0, n, 4)] == [1, 4, 4, 1]  # a block, one type
     assert all(call[1:3] == (0.8, 50) for call in llm.calls)
     # One example group (32 passages): the prompts of one type one after the other, in passage order within a type.
     by_type = sorted(docs, key=lambda doc: ["question", "msmarco"].index(kinds[doc["_id"]]))

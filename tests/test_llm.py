@@ -76,14 +76,33 @@ def test_llama_cpp_retries_follow_their_prompt_and_repeat_exactly(gemma_llama_cp
 
     tried = sample_until(llm, [ASK, other], temperature=0.8, max_new_tokens=8, seeds=[1, 2], accept=never, attempts=3)
     assert [len(replies) for replies in tried] == [3, 3] and all(reply.strip() for replies in tried for reply in replies)
-    assert seen == [(0, reply) for reply in tried[0]] + [(1, reply) for reply in tried[1]]  # prompt by prompt, retries at once
-    assert tried[0][0] == llm.generate([ASK], temperature=0.8, max_new_tokens=8, seeds=[1])[0]  # attempt 0 is a plain generate
+    assert seen == [(index, tried[index][attempt]) for attempt in range(3) for index in (0, 1)]  # the batch's attempts one after the other
+    assert [replies[0] for replies in tried] == llm.generate([ASK, other], temperature=0.8, max_new_tokens=8, seeds=[1, 2])  # attempt 0: the seed
     assert len(set(tried[0])) > 1  # retries draw with new seeds
-    # The same seeds give the same attempts, whatever ran before (the first attempt always starts from a reset).
-    assert sample_until(llm, [other, ASK], temperature=0.8, max_new_tokens=8, seeds=[2, 1], accept=never, attempts=3) == tried[::-1]
-    # Accepting the second attempt stops there.
-    second = sample_until(llm, [ASK], temperature=0.8, max_new_tokens=8, seeds=[1], accept=lambda i, reply: reply == tried[0][1], attempts=3)
-    assert second == [tried[0][:2]]
+    # The same prompts and seeds give the same attempts, whatever ran before.
+    llm.generate([[{"role": "user", "content": BAD}]], temperature=0.8, max_new_tokens=8, seeds=[5])
+    llm.yes_no([ASK])
+    assert sample_until(llm, [ASK, other], temperature=0.8, max_new_tokens=8, seeds=[1, 2], accept=never, attempts=3) == tried
+    # Accepting a prompt's second attempt stops it there; the other goes on, its third attempt decoded alone (other
+    # kernels for a batch of one, so not necessarily the same text as beside the first prompt).
+    second = sample_until(llm, [ASK, other], temperature=0.8, max_new_tokens=8, seeds=[1, 2], accept=lambda i, reply: reply == tried[0][1], attempts=3)
+    assert second[0] == tried[0][:2] and second[1][:2] == tried[1][:2] and len(second[1]) == 3
+
+
+def test_llama_cpp_batches_share_one_prefix_and_fit_the_context(gemma_llama_cpp):
+    llm = gemma_llama_cpp
+    llm.generate([ASK], temperature=0.8, max_new_tokens=2, seeds=[1])  # makes the generation context (1,024 cells)
+    head = [7] * 10
+    tokens = [head + [8] * 300, head + [9] * 300, head + [10] * 300, [11] * 50, [12] * 50]
+    batches = list(llm._batches(tokens, [10, 10, 10, 0, 0], max_new_tokens=50))
+    assert batches == [[0, 1], [2], [3, 4]]  # 10 + 2 × 350 cells, a third would not fit; then another prefix (none)
+    llm.width = 1
+    try:
+        assert list(llm._batches(tokens, [10, 10, 10, 0, 0], max_new_tokens=50)) == [[0], [1], [2], [3], [4]]
+    finally:
+        llm.width = LLMConfig().batch_size
+    with pytest.raises(SpecializeError, match="exceed the context .1024.; raise llm.context_tokens"):
+        llm.generate([[{"role": "user", "content": "word " * 1100}]], temperature=0.8, max_new_tokens=50, seeds=[1])
 
 
 def test_sample_until_resends_only_the_rejected_prompts_with_retry_seeds():

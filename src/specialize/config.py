@@ -75,7 +75,7 @@ class LLMConfig(StrictModel):
         None, description="A Jinja chat template (text, or a path to a file) for a model that has none; None: the model's own."
     )
     context_tokens: int = Field(4096, ge=256, description="Context window (llama.cpp n_ctx, vLLM max_model_len).")
-    batch_size: int = Field(8, ge=1, description="Prompts per forward pass (transformers) or per engine call (vLLM).")
+    batch_size: int = Field(8, ge=1, description="Prompts per forward pass (transformers; llama.cpp: replies decoded side by side) or per engine call (vLLM).")
     threads: int | None = Field(None, ge=1, description="llama.cpp CPU threads; None: all cores.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs one model is split over.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM: share of GPU memory it may take.")
@@ -105,7 +105,7 @@ class GenerateConfig(StrictModel):
     )
     temperature: float = Field(0.8, ge=0)
     max_new_tokens: int = Field(50, ge=1)
-    passage_tokens: int = Field(384, ge=16, description="The passage is cut to this many tokens in the prompt.")
+    passage_tokens: int = Field(384, ge=16, description="The passage is cut to this many tokens (of the LLM) in the prompt.")
     min_chars: int = Field(5, ge=1, description="Shorter queries are dropped.")
     max_chars: int = Field(300, ge=1, description="Longer queries are dropped.")
     max_copied_words: int = Field(10, ge=2, description="Drop a query that copies this many consecutive words of its passage.")
@@ -116,7 +116,7 @@ class GenerateConfig(StrictModel):
         2, ge=0, description="Sample a prompt again, with a new seed, while its reply would be dropped for itself "
         "(empty, too short or long, copying the passage, the prompt or an example); on llama.cpp a retry costs only its new tokens.",
     )
-    block: int = Field(8, ge=1, description="Prompts per backend call; a kill loses at most one block.")
+    block: int = Field(8, ge=1, description="Prompts of one type per backend call (llama.cpp decodes up to llm.batch_size of them side by side); a kill loses at most one block.")
     seed: int = 42
 
 

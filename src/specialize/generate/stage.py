@@ -3,7 +3,7 @@
 Two steps, like label's scoring and filtering:
 
 1. The LLM writes a raw reply for each passage of ``passages.jsonl`` (streamed), ``block``
-   prompts per backend call; a reply that cleaning would drop for itself (not a duplicate) is
+   prompts of one type per backend call; a reply that cleaning would drop for itself (not a duplicate) is
    sampled again, up to ``retries`` times. Each passage's reply is appended and flushed to a
    partial ``generations.jsonl`` (``{"qid", "source_id", "type", "raw", "rejected"}``: the reply
    to use and the earlier attempts) keyed by everything the replies depend on, so a killed run
@@ -16,8 +16,9 @@ Two steps, like label's scoring and filtering:
 Everything random is fixed by the seed and the passage: its type and sampling seed by its id, its
 few-shot examples by its type and its group of ``few_shot_group`` consecutive passages, so a resumed
 run writes what an uninterrupted one would. Within a group the prompts of one type run one after
-the other: they share everything before the passage, which llama.cpp then evaluates once per group
-and type (vLLM's prefix cache does the same), and ``generations.jsonl`` is in that order.
+the other, in blocks that never span two types: they share everything before the passage, which
+llama.cpp then evaluates once per group and type, decoding a block's replies side by side (vLLM's
+prefix cache does the same), and ``generations.jsonl`` is in that order.
 
 With ``queries`` set (the user's own queries file) there is no LLM and no step 1: the file's
 queries are written to ``queries.jsonl`` as they are, with no source passage (``source_id``
@@ -187,12 +188,13 @@ def write_generations(workdir: Path, config: GenerateConfig, llm: LLM, mixture: 
             advance(len(block))
 
         def run_group(records: list[dict[str, Any]], group: str) -> None:
-            """The group's passages still to answer, the prompts of one type one after the other, ``block`` per call."""
+            """The group's passages still to answer, type by type (prompts that share their prefix), ``block`` per call."""
             types = assign_types([record["_id"] for record in records], mixture.names, mixture.probabilities, config.seed)
             order = sorted(range(len(records)), key=lambda index: mixture.names.index(types[index]))  # stable: passage order within a type
-            work = [(records[index], types[index], group) for index in order]
-            for start in range(0, len(work), config.block):
-                run_block(work[start : start + config.block])
+            for _, same_type in groupby(((records[index], types[index], group) for index in order), key=lambda item: item[1]):
+                work = list(same_type)
+                for start in range(0, len(work), config.block):
+                    run_block(work[start : start + config.block])
 
         passages = enumerate(read_passages(workdir / "passages.jsonl"))
         for group, members in groupby(passages, key=lambda item: example_key(item[0], config)):

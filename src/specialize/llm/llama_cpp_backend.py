@@ -1,17 +1,19 @@
 """llama.cpp through llama-cpp-python: GGUF models on CPU (or Metal/CUDA builds), the CPU default.
 
 Prompts are rendered with the GGUF's own chat template (or ``llm.chat_template``) by
-llama-cpp-python's Jinja formatter. Generation samples with ``create_completion`` after
-evaluating the prompt's prefix (instructions and examples, shared by a group of prompts) once; the
-judge evaluates the prompt itself so that the key-value cache of the prefix shared with the
-previous prompt (system text and query, since the judge puts the query first) is kept and only
-the rest is decoded.
+llama-cpp-python's Jinja formatter. Generation runs in a llama.cpp context of its own
+(``Sequences``): prompts that share a prefix (instructions and examples) are decoded
+``llm.batch_size`` at a time over that prefix, evaluated once, one token of every reply per forward
+pass. The judge evaluates the prompt itself on the ``Llama``'s context, so that the key-value cache
+of the prefix shared with the previous prompt (system text and query, since the judge puts the
+query first) is kept and only the rest is decoded.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +27,8 @@ HINT = "pip install llama-cpp-python==0.3.36; it builds from source in about 12 
 def _load(model: str, config: LLMConfig, seed: int):
     """A ``llama_cpp.Llama`` for a GGUF path, bundled alias or ``owner/repo:file-pattern.gguf`` on the Hub."""
     llama_cpp = require("llama_cpp", "llama_cpp", HINT)
-    options = {"n_ctx": config.context_tokens, "n_threads": config.threads or os.cpu_count(), "seed": seed, "verbose": False}
+    threads = config.threads or os.cpu_count()
+    options = {"n_ctx": config.context_tokens, "n_threads": threads, "n_threads_batch": threads, "seed": seed, "verbose": False}
     repo, sep, pattern = model.partition(":")
     if sep and "/" in repo and pattern.lower().endswith(".gguf") and not model.startswith("bundled:"):
         try:
@@ -55,7 +58,8 @@ class LlamaCppBackend:
             raise SpecializeError(f"{model}: the GGUF has no chat template (use an instruct model, or set llm.chat_template)")
         special = lambda token: self.llm.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""  # noqa: E731
         self.formatter = Jinja2ChatFormatter(template, eos_token=special(self.llm.token_eos()), bos_token=special(self.llm.token_bos()))
-        self._prefix: list[int] = []  # the prompt prefix that sample_until left evaluated in the KV cache
+        self.width = config.batch_size
+        self._sequences: Sequences | None = None  # the generation context, made on first use
         self.yes_ids, self.no_ids = answer_token_ids(lambda word: self.llm.tokenize(word.encode(), add_bos=False, special=False))
 
     def count_tokens(self, text: str) -> int:
@@ -79,39 +83,56 @@ class LlamaCppBackend:
         self, prompts: Sequence[Messages], *, temperature: float, max_new_tokens: int, seeds: Sequence[int],
         accept: Callable[[int, str], bool], attempts: int, prefixes: Sequence[Messages] | None = None,
     ) -> list[list[str]]:
-        """``specialize.llm.sample_until``, one prompt at a time.
+        """``specialize.llm.sample_until``, ``llm.batch_size`` prompts at a time.
 
-        A prompt is decoded in two steps: its prefix (the tokens it shares with the rendering of
-        ``prefixes[i]``; none without prefixes), evaluated on its own from an empty cache, then the
-        rest on top. The prefix stays in the KV cache, so the next prompt with the same prefix
-        decodes only its rest. A prefix reused at another length, or a prompt decoded on top of
-        whatever came before, would change the logits slightly (other kernels run on other batch
-        sizes) and a seed would give other text; these two steps are the same whatever ran before.
-        Retries follow at once and keep the prompt in the KV cache (llama.cpp re-decodes only its
-        last token), so a retry costs its new tokens alone and still gives the same text for the same seed.
+        Neighbouring prompts with the same prefix (the tokens a prompt shares with the rendering of
+        ``prefixes[i]``; none without prefixes) form a batch of up to ``batch_size`` that fits the
+        context. The batch's replies are decoded side by side (``Sequences``). Every attempt of the
+        batch is sampled before the next, the rejected prompts' retries in one batch again; a
+        prompt stays in the cache, so a retry costs its new tokens alone. The same prompts in the
+        same batch with the same seeds give the same text, whatever ran before.
         """
-        out = []
-        for index, (messages, seed) in enumerate(zip(prompts, seeds, strict=True)):
-            tokens = self.render(messages)
-            shared = self.llm.longest_token_prefix(tokens, self.render(prefixes[index])) if prefixes else 0
-            self._hold_prefix(tokens[:shared])
-            tried: list[str] = []
+        tokens = [self.render(messages) for messages in prompts]
+        for prompt in tokens:
+            if len(prompt) + max_new_tokens > self.llm.n_ctx():
+                raise SpecializeError(f"{self.name}: a prompt of {len(prompt)} tokens and {max_new_tokens} new ones exceed the "
+                                      f"context ({self.llm.n_ctx()}); raise llm.context_tokens or lower generate.passage_tokens")
+        heads = [min(self.llm.longest_token_prefix(prompt, self.render(prefix)), len(prompt) - 1) if prefixes else 0
+                 for prompt, prefix in zip(tokens, prefixes or [None] * len(tokens), strict=True)]
+        if self._sequences is None:
+            self._sequences = Sequences(self.llm, self.width)
+        out: list[list[str]] = [[] for _ in prompts]
+        for batch in self._batches(tokens, heads, max_new_tokens):
+            prefix = tokens[batch[0]][: heads[batch[0]]]
+            self._sequences.start(prefix, [tokens[index][len(prefix) :] for index in batch])
+            pending = list(range(len(batch)))
             for attempt in range(attempts):
-                result = self.llm.create_completion(tokens, temperature=temperature, max_tokens=max_new_tokens, seed=retry_seed(seed, attempt))
-                tried.append(result["choices"][0]["text"])
-                if accept(index, tried[-1]):
+                seeded = [retry_seed(seeds[batch[slot]], attempt) for slot in pending]
+                replies = self._sequences.decode(pending, temperature, seeded, max_new_tokens)
+                for slot, reply in zip(pending, replies, strict=True):
+                    text = self.llm.detokenize(reply, prev_tokens=tokens[batch[slot]]).decode("utf-8", errors="ignore")
+                    out[batch[slot]].append(text)
+                pending = [slot for slot in pending if not accept(batch[slot], out[batch[slot]][-1])]
+                if not pending:
                     break
-            out.append(tried)
         return out
 
-    def _hold_prefix(self, prefix: list[int]) -> None:
-        """Leave exactly ``prefix`` in the KV cache, evaluated on its own from an empty cache (kept when it is there already)."""
-        if not prefix or prefix != self._prefix:
-            self.llm.reset()
-            if prefix:
-                self.llm.eval(prefix)
-            self._prefix = prefix
-        self.llm.n_tokens = len(prefix)
+    def _batches(self, tokens: list[list[int]], heads: list[int], max_new_tokens: int) -> Iterator[list[int]]:
+        """Runs of neighbouring prompts with the same prefix, cut at ``batch_size`` prompts or the context's cells."""
+        batch: list[int] = []
+        cells = 0
+        for index, prompt in enumerate(tokens):
+            need = len(prompt) - heads[index] + max_new_tokens
+            same = batch and tokens[batch[0]][: heads[batch[0]]] == prompt[: heads[index]]
+            if batch and not (same and len(batch) < self.width and cells + need <= self._sequences.cells):
+                yield batch
+                batch = []
+            if not batch:
+                cells = heads[index]
+            batch.append(index)
+            cells += need
+        if batch:
+            yield batch
 
     def yes_no(self, prompts: Sequence[Messages]) -> list[float]:
         """Next-token log-odds of yes vs no, decoding only what differs from the previous prompt."""
@@ -121,7 +142,6 @@ class LlamaCppBackend:
         """Logits of the token after ``tokens``, reusing the cached prefix shared with the last call."""
         if len(tokens) >= self.llm.n_ctx():
             raise SpecializeError(f"{self.name}: a judge prompt of {len(tokens)} tokens exceeds the context ({self.llm.n_ctx()}); raise llm.context_tokens")
-        self._prefix = []  # the cache is about to hold other text
         # At least one token must be decoded to get fresh logits.
         shared = min(self.llm.longest_token_prefix(self.llm.input_ids[: self.llm.n_tokens], tokens), len(tokens) - 1)
         if not self.llm._ctx.kv_cache_seq_rm(-1, shared, -1):  # some caches (sliding-window) cannot cut a suffix
@@ -132,3 +152,103 @@ class LlamaCppBackend:
         import llama_cpp
 
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.llm.ctx), shape=(self.llm.n_vocab(),)).copy()
+
+
+class Sequences:
+    """A llama.cpp context of its own in which up to ``width`` replies are decoded side by side over one prefix.
+
+    Its cache is unified: the prefix is evaluated once on sequence 0, from an empty cache, and shared by
+    the other sequences; each prompt's rest is then evaluated alone on its own sequence. Replies take one
+    forward pass per token for the whole batch, so decoding (bound by reading the weights on a CPU)
+    serves several replies for about the price of one. The context copies the ``Llama``'s settings
+    (threads, batch size), with ``width`` sequences over its ``n_ctx`` cells.
+    """
+
+    CHUNK = 512
+    """Tokens per forward pass when a prompt is evaluated, as ``Llama.eval`` (its ``n_batch``)."""
+
+    def __init__(self, llm: Any, width: int) -> None:
+        import llama_cpp
+        from llama_cpp import _internals
+        from llama_cpp._utils import suppress_stdout_stderr
+
+        self.api = llama_cpp
+        params = type(llm.context_params).from_buffer_copy(llm.context_params)
+        params.n_seq_max, params.kv_unified, params.swa_full = width, True, True  # swa_full: a sliding-window cache cannot drop a reply
+        params.n_batch = params.n_ubatch = max(self.CHUNK, width)
+        with suppress_stdout_stderr():  # llama.cpp logs the cache it makes
+            self.context = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        self.batch = _internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=width, verbose=False)
+        self.vocab = llm._model.vocab
+        self.cells = self.context.n_ctx()
+        self.prefix: list[int] = []  # what sequence 0 holds after the last start()
+        self.ends: list[int] = []  # per sequence: its prompt's length
+        self.last: list[int] = []  # per sequence: its prompt's last token
+
+    def start(self, prefix: list[int], rests: list[list[int]]) -> None:
+        """Hold ``prefix`` (kept when it is there already), then each rest but its last token on sequences 0, 1, …"""
+        memory = self.context.memory
+        if prefix != self.prefix or not prefix:
+            self.api.llama_memory_clear(memory, True)
+            self._evaluate(prefix, 0, 0)
+            self.prefix = prefix
+        else:  # every sequence's cells past the prefix
+            self.api.llama_memory_seq_rm(memory, -1, len(prefix), -1)
+        for sequence in range(1, len(rests)):
+            self.api.llama_memory_seq_cp(memory, 0, sequence, 0, len(prefix))
+        for sequence, rest in enumerate(rests):
+            self._evaluate(rest[:-1], len(prefix), sequence)
+        self.ends = [len(prefix) + len(rest) for rest in rests]
+        self.last = [rest[-1] for rest in rests]
+
+    def decode(self, sequences: list[int], temperature: float, seeds: list[int], max_new_tokens: int) -> list[list[int]]:
+        """A reply (its tokens, without the end-of-turn) for each of ``sequences``, decoded side by side, replacing any earlier one."""
+        for sequence in sequences:  # an earlier reply, and the prompt's last token (whose logits are needed again)
+            self.api.llama_memory_seq_rm(self.context.memory, sequence, self.ends[sequence] - 1, -1)
+        samplers = {sequence: _sampler(temperature, seed) for sequence, seed in zip(sequences, seeds, strict=True)}
+        replies: dict[int, list[int]] = {sequence: [] for sequence in sequences}
+        step = [(self.last[sequence], self.ends[sequence] - 1, sequence, True) for sequence in sequences]
+        while step:
+            self._forward(step)
+            following = []
+            for row, (_, position, sequence, _) in enumerate(step):
+                token = samplers[sequence].sample(self.context, row)
+                if self.api.llama_vocab_is_eog(self.vocab, token):
+                    continue
+                replies[sequence].append(token)
+                if len(replies[sequence]) < max_new_tokens:
+                    following.append((token, position + 1, sequence, True))
+            step = following
+        return [replies[sequence] for sequence in sequences]
+
+    def _evaluate(self, tokens: list[int], start: int, sequence: int) -> None:
+        """``tokens`` at positions ``start``, ``start + 1``, … of ``sequence``, ``CHUNK`` per forward pass, no logits."""
+        for offset in range(0, len(tokens), self.CHUNK):
+            chunk = tokens[offset : offset + self.CHUNK]
+            self._forward([(token, start + offset + i, sequence, False) for i, token in enumerate(chunk)])
+
+    def _forward(self, rows: list[tuple[int, int, int, bool]]) -> None:
+        """One ``llama_decode`` of (token, position, sequence, wants logits) rows."""
+        batch = self.batch.batch
+        batch.n_tokens = len(rows)
+        for i, (token, position, sequence, logits) in enumerate(rows):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, position, 1, logits
+            batch.seq_id[i][0] = sequence
+        self.context.decode(self.batch)
+
+
+def _sampler(temperature: float, seed: int) -> Any:
+    """llama-cpp-python's default sampler chain (``Llama.create_completion``'s), seeded."""
+    from llama_cpp import _internals
+
+    sampler = _internals.LlamaSampler()
+    if temperature == 0:
+        sampler.add_greedy()
+        return sampler
+    sampler.add_top_k(40)
+    sampler.add_typical(1.0, 1)
+    sampler.add_top_p(0.95, 1)
+    sampler.add_min_p(0.05, 1)
+    sampler.add_temp(temperature)
+    sampler.add_dist(seed)
+    return sampler

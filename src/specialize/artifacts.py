@@ -85,11 +85,14 @@ def orphan_temporaries(path: Path) -> list[Path]:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
 
-    A crash or kill before the block ends leaves ``path`` as it was (or absent); an OS error that names
-    no file (a full disk) is raised again naming ``path``.
+    A crash or kill before the block ends leaves ``path`` as it was (or absent), and the next write of
+    ``path`` removes the temporary it left; an OS error that names no file (a full disk) is raised
+    again naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for orphan in orphan_temporaries(path):  # what a killed earlier write of this file left
+        orphan.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -256,8 +259,8 @@ class Workdir:
         if not force and previous is not None and self._is_current(previous, wanted_hash, wanted_inputs):
             return {**previous, "skipped": True}
         self.root.mkdir(parents=True, exist_ok=True)
-        for path in [*map(self.path, outputs), self.manifest_path(stage)]:  # what a killed earlier run left half-written
-            for orphan in orphan_temporaries(path):
+        for output in outputs:  # what a killed earlier run left half-written, outputs the stage may reuse unwritten too
+            for orphan in orphan_temporaries(self.path(output)):
                 orphan.unlink(missing_ok=True)
         started = time.perf_counter()
         counts = dict(body())

@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from specialize.artifacts import atomic_path, orphan_temporaries, write_json
+from specialize.artifacts import atomic_path, write_json
 from specialize.config import EvaluateConfig, PrefixConfig
 from specialize.corpus import load_corpus, load_qrels, load_queries, resolve_dataset
 from specialize.encoder import Encoder, encode_corpus, load_encoder
@@ -143,9 +143,7 @@ def per_query_ndcg(qrels: Qrels, run: Run) -> dict[str, float]:
 
 
 def write_trec_run(path: Path, run: Run, tag: str) -> None:
-    """Write a run in TREC format: ``qid Q0 docid rank score tag`` (and remove what a killed write of it left)."""
-    for orphan in orphan_temporaries(path):
-        orphan.unlink(missing_ok=True)
+    """Write a run in TREC format: ``qid Q0 docid rank score tag``."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for qid, hits in run.items():
             for rank, (doc_id, score) in enumerate(sorted(hits.items(), key=lambda kv: -kv[1]), start=1):

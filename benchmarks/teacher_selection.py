@@ -37,8 +37,9 @@ RECIPE = "query-listwise-t0.05"
 """The query-side recipe of query_side.py's generated rows (lr 1e-4, 3 epochs, teacher temperature 0.05)."""
 
 
-def test_rerank(cfg, selection: dict) -> dict[str, float]:
-    """Each candidate's mean nDCG@10 reranking the test queries' mined candidate lists (0-100)."""
+def test_rerank(cfg, selection: dict, extra: tuple[str, ...] = ()) -> dict[str, float]:
+    """Each candidate's (and each ``extra`` fusion of the same members') mean nDCG@10 reranking the test queries' mined
+    candidate lists (0-100)."""
     import numpy as np
 
     from specialize.audit import judged_lists
@@ -59,11 +60,11 @@ def test_rerank(cfg, selection: dict) -> dict[str, float]:
         raw = score_many(teacher, [(queries[q], [text[d] for d in lists[q]]) for q in qids])
         scores.append({q: normalize(s) for q, s in zip(qids, raw)})
     out = {}
-    for row in selection["candidates"]:
-        spec = parse_teacher(row["teacher"])
+    for name in [row["teacher"] for row in selection["candidates"]] + list(extra):
+        spec = parse_teacher(name)
         weights = dict((str(m), w) for m, w in spec.members) if spec.kind == "ensemble" else {str(spec): 1.0}
         vector = [weights.get(member, 0.0) for member in members]
-        out[row["teacher"]] = round(float(np.mean(list(fused_ndcg(basis, scores, vector, qids).values()))), 2)
+        out[name] = round(float(np.mean(list(fused_ndcg(basis, scores, vector, qids).values()))), 2)
     return out
 
 
@@ -91,7 +92,7 @@ def main() -> None:
     label_seconds = round(time.perf_counter() - started, 1)
     selection = json.loads((root / "auto" / "teacher.json").read_text())
     default_cfg, _ = labelled_workdir(args.dataset, "generated", root / "default", {"label.teacher": DEFAULT_TEACHER})
-    test = test_rerank(cfg, selection)
+    test = test_rerank(cfg, selection, extra=(DEFAULT_TEACHER,))
 
     measured = [name for name in selection["candidates"][0] if name not in ("teacher", "members", "fit_ndcg@10")]
     rows = [{"teacher": row["teacher"], "chosen": row["teacher"] == selection["chosen"], "fit": row["fit_ndcg@10"],
@@ -121,7 +122,7 @@ def main() -> None:
     product = "base (no headroom: not trained)" if selection["headroom"] is False else ("trained" if chosen_gate == "trained" else "base (gate)")
     payload = {"selection": {k: selection[k] for k in ("chosen", "basis", "fit_queries", "measure_queries", "margin", "ci_low", "ci_high",
                                                        "headroom", "reason", "members", "bases")},
-               "candidates": rows, "rank_agreement_with_test": agreement, "training": training, "product_publishes": product,
+               "candidates": rows, "default_test_rerank": test[DEFAULT_TEACHER], "rank_agreement_with_test": agreement, "training": training, "product_publishes": product,
                "label_seconds": label_seconds, "stage_counts": counts, "machine": machine()}
     record(args.dataset, payload)
 
@@ -139,7 +140,8 @@ def record(dataset: str, payload: dict) -> None:
         header = list(entry["candidates"][0])
         lines += [f"## {name}", "", entry["selection"]["reason"] + ".", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in entry["candidates"]]
-        lines += ["", "Skipped: " + ("; ".join(f"`{m['teacher']}` {m['skipped']}" for m in entry["selection"]["members"] if "skipped" in m) or "none"),
+        lines += ["", f"The default teacher `{DEFAULT_TEACHER}` reranks test at {entry.get('default_test_rerank', '-')}.",
+                  "", "Skipped: " + ("; ".join(f"`{m['teacher']}` {m['skipped']}" for m in entry["selection"]["members"] if "skipped" in m) or "none"),
                   "", "Rank agreement with test: " + ", ".join(f"{basis}: rho {v['spearman']}, tau {v['kendall']}"
                                                              for basis, v in entry["rank_agreement_with_test"].items()), ""]
         header = list(entry["training"][0])

@@ -14,7 +14,7 @@ from test_label import _copy_inputs, _lines, workdir  # noqa: F401  (the module 
 
 from specialize.config import Config, LabelConfig, TrainConfig, load_config
 from specialize.label import label
-from specialize.selection import Basis, choose, fusion_spec, halves, judged_basis, simplex
+from specialize.selection import Basis, choose, fusion_spec, halves, judged_basis, settle_ties, simplex
 from specialize.train.stage import train
 
 STUDENT = "bi-encoder:bundled:minilm"
@@ -56,6 +56,20 @@ def test_choice_and_headroom_by_hand():
     bad = choose([basis], [STUDENT, "bm25"], [[ranks_first], [ranks_second]], rows, config)
     assert bad["chosen"] == STUDENT and bad["headroom"] is False and bad["margin"] == 0
     assert bad["reason"].startswith(f"no teacher available here beats the student on this corpus: best `{STUDENT}` +0.00 nDCG@10")
+
+
+def test_a_fit_within_one_standard_error_of_the_best_goes_to_the_simplest_fusion():
+    queries = ["q0", "q1", "q2", "q3"]
+    per_query = lambda values: dict(zip(queries, values))  # noqa: E731
+    fit = {(1.0, 0.0): per_query([50, 40, 45, 60]), (0.0, 1.0): per_query([70, 55, 66, 88]),
+           (0.3, 0.7): per_query([80, 60, 70, 90]),  # the best fit: mean 75
+           (0.5, 0.5): per_query([79, 61, 68, 90])}  # gaps -1, +1, -2, 0: mean -0.5, one standard error 0.65
+    assert settle_ties(fit, tolerance=1.0) == ((0.3, 0.7), (0.5, 0.5))
+    assert settle_ties(fit, tolerance=0.0) == ((0.3, 0.7), (0.3, 0.7))  # no tolerance: the best fit
+    fit[(0.5, 0.5)] = per_query([75, 56, 66, 86])  # 4 below on every query: no error to hide in
+    assert settle_ties(fit, tolerance=1.0) == ((0.3, 0.7), (0.3, 0.7))
+    fit[(1.0, 0.0)] = dict(fit[(0.3, 0.7)])  # a member alone as good as the fusion: it is simpler
+    assert settle_ties(fit, tolerance=0.0) == ((1.0, 0.0), (1.0, 0.0))
 
 
 @pytest.fixture(scope="module")

@@ -168,6 +168,10 @@ class LabelConfig(StrictModel):
         "source passage (generated queries copy their source; human queries share about a quarter of their terms with what they find).",
     )
     fusion_step: float = Field(0.1, gt=0, le=1, description="auto: the grid step of the fusion weights tried.")
+    fit_tolerance: float = Field(
+        1.0, ge=0, description="auto: fusions within this many standard errors of the best fit count as tied, and the tie goes to the "
+        "simplest (fewest members, then weights nearest equal; 0: the best fit, whatever its margin).",
+    )
     max_teacher_hours: float = Field(
         0.25, gt=0, description="auto: skip a candidate whose measured cost for the selection and the labeling would exceed this.",
     )

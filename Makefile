@@ -41,8 +41,11 @@ demo: $(STAMP)
 	$(PIP) install -q --no-deps $(QWEN05_PARTS)
 	$(VENV)/bin/specialize demo --workdir $(WORKDIR)
 
+# The linters first (pyproject.toml: [tool.ruff], [tool.mypy]); any of them failing fails the target.
 # pytest exits 5 when it collects no test: that is a failure of the suite, not a pass.
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

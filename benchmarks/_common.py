@@ -45,7 +45,7 @@ def print_table(title: str, rows: list[dict]) -> None:
 
 def per_query_ndcg(run_file: Path, qrels: dict[str, dict[str, int]]) -> dict[str, float]:
     """nDCG@10 of each judged query in a TREC run file (0 for a query without results)."""
-    from specialize.evaluate import per_query_ndcg as ndcg_of_run
+    from specialize.metrics import per_query_ndcg as ndcg_of_run
 
     run: dict[str, dict[str, float]] = {}
     for line in run_file.read_text().splitlines():

@@ -29,7 +29,7 @@ NOT_INSTALLABLE = {
 
 def measure(backend: str) -> dict:
     from specialize.config import EvaluateConfig
-    from specialize.evaluate import evaluate
+    from specialize.stages.evaluate import evaluate
 
     with tempfile.TemporaryDirectory() as work:
         config = EvaluateConfig(models=["bundled:minilm"], datasets=["demo:scifact"], backend=backend)

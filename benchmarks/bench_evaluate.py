@@ -27,8 +27,9 @@ MTEB = {"bundled:minilm": 64.51, "bundled:mpnet": 65.57}
 
 def speed(docs: int) -> dict:
     from specialize.config import EvaluateConfig
+    from specialize.datasets import load_dataset
     from specialize.encoder import encode_corpus, load_encoder
-    from specialize.evaluate import load_dataset, search
+    from specialize.retrieval import search
 
     dataset = load_dataset("demo:scifact")
     ids, texts = dataset.doc_ids[:docs], dataset.doc_texts[:docs]
@@ -51,7 +52,7 @@ def speed(docs: int) -> dict:
 
 def scifact(model: str) -> dict:
     from specialize.config import EvaluateConfig
-    from specialize.evaluate import evaluate
+    from specialize.stages.evaluate import evaluate
 
     with tempfile.TemporaryDirectory() as work:
         config = EvaluateConfig(models=[model], datasets=["demo:scifact"], backend="torch")

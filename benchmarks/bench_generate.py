@@ -43,7 +43,7 @@ from _common import RESULTS, peak_rss_mb, print_table, save  # noqa: E402
 def sample_passages(count: int) -> list[dict]:
     """``count`` SciFact abstracts: the start of prepare's seeded sample."""
     from specialize.artifacts import read_jsonl
-    from specialize.corpus import prepare
+    from specialize.stages.prepare import prepare
 
     with tempfile.TemporaryDirectory() as folder:
         prepare("demo:scifact", Path(folder), max_passages=count)
@@ -53,7 +53,7 @@ def sample_passages(count: int) -> list[dict]:
 def stage_messages(work: Path, config, llm) -> tuple[list[list[dict]], list[int]]:
     """The chat messages and seeds the stage sent for a finished work directory, in the order it sent them."""
     from specialize.artifacts import read_jsonl
-    from specialize.generate.stage import Mixture, example_key, passage_messages, passage_seed, token_counter
+    from specialize.stages.generate.stage import Mixture, example_key, passage_messages, passage_seed, token_counter
 
     mixture = Mixture(config)
     passages = list(read_jsonl(work / "passages.jsonl"))
@@ -101,8 +101,8 @@ def measure(model: str, passages: list[dict], chunk: int, threads: int, retry_pr
     """Seconds and tokens of every side over the same passages, chunk by chunk, alternating; then a retry's cost."""
     from specialize.artifacts import read_jsonl
     from specialize.config import GenerateConfig, LLMConfig
-    from specialize.generate.stage import generate
     from specialize.llm import load_llm
+    from specialize.stages.generate.stage import generate
 
     configs, widths = {}, {}
     for side, (group, width, cut) in SIDES.items():
@@ -190,7 +190,8 @@ def main() -> None:
     rows = with_earlier_rows(rows)
     print_table(f"generate: the stage as shipped vs before each speed-up vs bare create_chat_completion (SciFact prompts, {args.threads} threads)",
                 [side for row in rows for side in by_side(row)])
-    print("a retry / a first attempt:", {row["model"]: row["retry_over_first"] for row in rows}, "peak RSS MB:", {row["model"]: row["peak_rss_mb"] for row in rows})
+    print("a retry / a first attempt:", {row["model"]: row["retry_over_first"] for row in rows},
+          "peak RSS MB:", {row["model"]: row["peak_rss_mb"] for row in rows})
     fastest = max(rows, key=lambda row: row["shipped_q_per_s"])
     path = save("generate", {
         "chunk": args.chunk, "threads": args.threads, "rows": rows, "target_ratio_to_bare": 0.9, "fastest": fastest["model"],

@@ -45,9 +45,9 @@ def worker(batch: int, args: argparse.Namespace, uncached: bool) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from specialize.corpus import load_corpus, resolve_dataset
+    from specialize.datasets import load_corpus, resolve_dataset
+    from specialize.losses import CachedLoss, ListwiseDistillationLoss
     from specialize.models import resolve_model
-    from specialize.train import CachedLoss, ListwiseDistillationLoss
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -31,9 +31,8 @@ TOP = 30
 
 def build_workdir(folder: Path, queries: int, copies: int = 1) -> list[tuple[str, str]]:
     """corpus/queries/candidates for the label stage; returns the (query, passage) pairs it will score."""
-    from specialize.corpus import load_queries, load_qrels, resolve_dataset
-    from specialize.evaluate import load_dataset
-    from specialize.mine import BM25Retriever
+    from specialize.datasets import load_dataset, load_qrels, load_queries, resolve_dataset
+    from specialize.retrieval import BM25Retriever
 
     dataset = load_dataset("demo:scifact")
     source = resolve_dataset("demo:scifact")
@@ -71,7 +70,7 @@ def teacher_model(folder: Path) -> Path:
 def run_label(workdir: Path, model: Path) -> float:
     """The label stage from scratch with the cross-encoder teacher; seconds."""
     from specialize.config import LabelConfig
-    from specialize.label import label
+    from specialize.stages.label.stage import label
 
     for name in ("labels.jsonl", "train.jsonl", "dev.jsonl", ".labels.key"):
         (workdir / name).unlink(missing_ok=True)

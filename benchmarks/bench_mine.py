@@ -55,7 +55,7 @@ def bm25(texts: list[str], queries: list[str], repeats: int) -> dict:
     import Stemmer
     from bm25s.tokenization import Tokenizer
 
-    from specialize.mine import BM25Retriever, retrieve_all
+    from specialize.retrieval import BM25Retriever, retrieve_all
 
     def ours() -> np.ndarray:
         return retrieve_all([BM25Retriever(texts)], queries, DEPTH)[0]
@@ -77,8 +77,7 @@ def dense(encoder, ids: list[str], texts: list[str], queries: list[str], repeats
     import faiss
 
     from specialize.encoder import encode_corpus
-    from specialize.evaluate import build_index, search_index
-    from specialize.mine import DenseRetriever, retrieve_all
+    from specialize.retrieval import DenseRetriever, build_index, retrieve_all, search_index
 
     started = time.perf_counter()
     embeddings = encode_corpus(encoder, ids, texts, 64, label="corpus (once, cached)")
@@ -127,7 +126,7 @@ def dense(encoder, ids: list[str], texts: list[str], queries: list[str], repeats
 def whole_stage(docs: list[dict], claims: list[dict]) -> dict:
     from specialize.artifacts import write_jsonl
     from specialize.config import MineConfig
-    from specialize.mine import mine
+    from specialize.stages.mine import mine
 
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
@@ -144,7 +143,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from specialize.corpus import load_corpus, load_qrels, load_queries, resolve_dataset
+    from specialize.datasets import load_corpus, load_qrels, load_queries, resolve_dataset
     from specialize.encoder import load_encoder
 
     folder = resolve_dataset("demo:scifact")

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import peak_rss_mb, print_table, save
 
 from specialize.artifacts import write_jsonl
-from specialize.corpus import prepare
+from specialize.stages.prepare import prepare
 
 SIZES = (100_000, 200_000)
 PLANTED = 0.05

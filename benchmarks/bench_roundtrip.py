@@ -44,7 +44,7 @@ def workdir_for(root: Path, generator: str, kind: str, prompt: object, passages:
 
 def roundtrip(retrievers, position: dict[str, int], queries: list[dict]) -> dict[str, float]:
     """Share of the queries whose source is in each retriever's top 20, in either's and in both's."""
-    from specialize.mine import retrieve_all
+    from specialize.retrieval import retrieve_all
 
     if not queries:
         return {"bm25": 0.0, "minilm": 0.0, "either": 0.0, "both": 0.0}
@@ -94,12 +94,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from specialize.config import QUERY_TYPES, GenerateConfig, LLMConfig, MineConfig
-    from specialize.corpus import prepare
-    from specialize.generate.prompts import load_prompt_types
-    from specialize.generate.stage import REASONS, generate
     from specialize.llm import load_llm
-    from specialize.mine import load_retrievers, read_corpus
     from specialize.models import cache_dir
+    from specialize.records import read_corpus
+    from specialize.retrieval import load_retrievers
+    from specialize.stages.generate.prompts import load_prompt_types
+    from specialize.stages.generate.stage import GENERATION_DROPS, generate
+    from specialize.stages.prepare import prepare
 
     root = cache_dir() / "bench" / "roundtrip"
     sample = root / f"scifact-{SAMPLE}"
@@ -137,7 +138,7 @@ def main() -> None:
             llm = load_llm(args.generator, config.llm, config.seed)
         counts = generate(work, config.model_copy(update={"types": [kind]}), llm=llm)
         seconds = time.perf_counter() - started
-        dropped = {reason: counts[f"dropped_{reason}"] for reason in REASONS if counts[f"dropped_{reason}"]}
+        dropped = {reason: counts[f"dropped_{reason}"] for reason in GENERATION_DROPS if counts[f"dropped_{reason}"]}
         rows.append({
             "type": kind, "passages": counts["passages"], "retried": counts["retried"], "recovered": counts["recovered"],
             **score(retrievers, position, work, sources),

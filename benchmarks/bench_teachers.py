@@ -33,7 +33,7 @@ DEPTH = 100
 def candidates(dataset, qids: list[str]) -> dict[str, list[str]]:
     """RRF(BM25, MiniLM) top 30 per query, over the full corpus."""
     from specialize.encoder import load_encoder
-    from specialize.mine import BM25Retriever, DenseRetriever, reciprocal_rank_fusion
+    from specialize.retrieval import BM25Retriever, DenseRetriever, reciprocal_rank_fusion
 
     texts = [dataset.queries[q] for q in qids]
     bm25 = BM25Retriever(dataset.doc_texts).retrieve(texts, DEPTH)
@@ -81,9 +81,9 @@ def main() -> None:
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
 
-    from specialize.audit import rerank_metrics
     from specialize.config import LabelConfig
-    from specialize.evaluate import load_dataset
+    from specialize.datasets import load_dataset
+    from specialize.metrics import rerank_metrics
     from specialize.teachers import load_teacher
 
     dataset = load_dataset("demo:scifact")

@@ -39,7 +39,7 @@ def run_demo(work: Path, cache: Path, sets: list[str]) -> float:
 
 def read_results(work: Path, wall: float) -> dict:
     """demo.json's record from the work directory the demo wrote."""
-    from specialize.corpus import load_qrels, resolve_dataset
+    from specialize.datasets import load_qrels, resolve_dataset
 
     stages = {path.stem: json.loads(path.read_text())["seconds"] for path in sorted((work / "stages").glob("*.json"))}
     summary = json.loads((work / "train.json").read_text())

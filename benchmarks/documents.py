@@ -25,7 +25,7 @@ from _common import peak_rss_mb, print_table, save
 from document_folder import mixed_folder
 
 from specialize.chunking import Chunker, chunk_documents
-from specialize.corpus import load_corpus
+from specialize.datasets import load_corpus
 
 COPIES = (60, 120)
 TARGET, MAXIMUM, OVERLAP = 200, 256, 32

@@ -31,10 +31,10 @@ def gate_of(folder: Path) -> dict:
     if "gate" in summary:
         return summary["gate"]
     from specialize.config import load_config
-    from specialize.train.stage import load_data, run_gate
+    from specialize.stages.train.stage import load_data, run_gate
 
     cfg = load_config(folder / "config.yaml")
-    return run_gate(cfg.train, folder / cfg.train.output, load_data(folder, cfg.train), folder, {}).as_dict()
+    return run_gate(cfg.train, folder / cfg.train.output, load_data(folder, cfg.train), folder, {}).model_dump()
 
 
 def test_verdict(delta: float, p: float) -> str:

@@ -52,7 +52,8 @@ RECIPES = {
     "adapter-infonce": {**QUERY_SIDE, "adapter": "linear", "loss": "infonce", "learning_rate": 1e-3},
     "full-listwise": {"mode": "full", "loss": "listwise", "learning_rate": 3e-5, "epochs": 1, "passage_max_length": 192, "batch_size": 8},
     "full-infonce": {"mode": "full", "loss": "infonce", "learning_rate": 3e-5, "epochs": 1, "passage_max_length": 192, "batch_size": 8},
-    "full-listwise-80q": {"mode": "full", "loss": "listwise", "learning_rate": 3e-5, "max_steps": 10, "eval_steps": 10, "passage_max_length": 192, "batch_size": 8},
+    "full-listwise-80q": {"mode": "full", "loss": "listwise", "learning_rate": 3e-5, "max_steps": 10, "eval_steps": 10,
+                          "passage_max_length": 192, "batch_size": 8},
 }
 """The papers' teacher temperature 0.3 is set explicitly where the rows were first measured with it (the default is
 now 0.05). The ``-<n>q`` rows train on a seeded sample of n training queries: the curve of gain against queries.
@@ -66,7 +67,7 @@ HUMAN = {"mine.roundtrip_depth": 100, "label.require_source_first": False, "labe
 
 def human_queries(path: Path) -> None:
     """SciFact's train claims as queries.jsonl rows: type claim, source = their first relevant abstract."""
-    from specialize.corpus import load_qrels, load_queries, resolve_dataset
+    from specialize.datasets import load_qrels, load_queries, resolve_dataset
 
     folder = resolve_dataset("demo:scifact")
     claims, qrels = load_queries(folder), load_qrels(folder, "train")
@@ -130,7 +131,9 @@ def main() -> None:
         parser.error(f"unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
 
     from specialize.config import EvaluateConfig
-    from specialize.evaluate import evaluate, load_dataset, slug
+    from specialize.datasets import load_dataset
+    from specialize.stages.evaluate import evaluate
+    from specialize.workdir import Workdir
 
     work = args.workdir or Path(__file__).parent / ".query-side-work" / f"{args.dataset}-{args.source}"
     work.mkdir(parents=True, exist_ok=True)
@@ -142,13 +145,13 @@ def main() -> None:
     evaluate_seconds = time.perf_counter() - started
     result = next(iter(results.values()))
     dataset = load_dataset(SOURCES[args.dataset], "test")
-    runs = work / "eval" / "runs" / dataset.name
-    base = per_query_ndcg(runs / f"{slug(cfg.train.student)}.trec", dataset.qrels)
+    runs = Workdir(work)
+    base = per_query_ndcg(runs.run_file(dataset.name, cfg.train.student), dataset.qrels)
     rows = [row_of(args, "base", None, result["models"][cfg.train.student], base, base, None)]
     for name, (folder, peak) in trained.items():
         model = str(folder / cfg.train.output)
         summary = json.loads((folder / "train.json").read_text())
-        ndcg = per_query_ndcg(runs / f"{slug(model)}.trec", dataset.qrels)
+        ndcg = per_query_ndcg(runs.run_file(dataset.name, model), dataset.qrels)
         rows.append(row_of(args, name, summary, result["models"][model], ndcg, base, peak))
     print_table(f"{args.dataset} test ({len(base)} queries): base vs each recipe, {args.source} queries", rows)
     record(args, rows, counts, evaluate_seconds)

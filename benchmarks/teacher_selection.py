@@ -42,9 +42,9 @@ def test_rerank(cfg, selection: dict, extra: tuple[str, ...] = ()) -> dict[str, 
     candidate lists (0-100)."""
     import numpy as np
 
-    from specialize.audit import judged_lists
-    from specialize.mine import read_corpus
-    from specialize.selection import Basis, fused_ndcg
+    from specialize.records import read_corpus
+    from specialize.stages.label.audit import judged_lists
+    from specialize.stages.label.selection import Basis, fused_ndcg
     from specialize.teachers import NORMALIZERS, load_teacher, parse_teacher, score_many
 
     ids, texts = read_corpus(Path(cfg.workdir) / "corpus.jsonl")
@@ -84,7 +84,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from specialize.config import EvaluateConfig
-    from specialize.evaluate import evaluate, load_dataset, slug
+    from specialize.datasets import load_dataset
+    from specialize.stages.evaluate import evaluate
+    from specialize.workdir import Workdir
 
     root = args.workdir or Path(__file__).parent / ".teacher-selection-work" / args.dataset
     started = time.perf_counter()
@@ -106,8 +108,8 @@ def main() -> None:
     models = {"base": cfg.train.student, **{name: str(folder / cfg.train.output) for name, (folder, _) in trained.items()}}
     results = evaluate(EvaluateConfig(models=list(models.values()), datasets=[SOURCES[args.dataset]]), root / "auto", cfg.prefixes)
     dataset = load_dataset(SOURCES[args.dataset], "test")
-    runs = root / "auto" / "eval" / "runs" / dataset.name
-    ndcg = {name: per_query_ndcg(runs / f"{slug(model)}.trec", dataset.qrels) for name, model in models.items()}
+    runs = Workdir(root / "auto")
+    ndcg = {name: per_query_ndcg(runs.run_file(dataset.name, model), dataset.qrels) for name, model in models.items()}
     metrics = next(iter(results.values()))["models"]
     training = []
     for name, model in models.items():
@@ -122,7 +124,8 @@ def main() -> None:
     product = "base (no headroom: not trained)" if selection["headroom"] is False else ("trained" if chosen_gate == "trained" else "base (gate)")
     payload = {"selection": {k: selection[k] for k in ("chosen", "basis", "fit_queries", "measure_queries", "margin", "ci_low", "ci_high",
                                                        "headroom", "reason", "members", "bases")},
-               "candidates": rows, "default_test_rerank": test[DEFAULT_TEACHER], "rank_agreement_with_test": agreement, "training": training, "product_publishes": product,
+               "candidates": rows, "default_test_rerank": test[DEFAULT_TEACHER], "rank_agreement_with_test": agreement,
+               "training": training, "product_publishes": product,
                "label_seconds": label_seconds, "stage_counts": counts, "machine": machine()}
     record(args.dataset, payload)
 

@@ -20,7 +20,7 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def scifact_slice(tmp_path_factory):
     """A BEIR folder: 30 SciFact test queries, their relevant abstracts and 150 others (real text)."""
-    from specialize.corpus import load_corpus, load_qrels, load_queries, resolve_dataset
+    from specialize.datasets import load_corpus, load_qrels, load_queries, resolve_dataset
 
     folder = resolve_dataset("demo:scifact")
     qrels = dict(list(load_qrels(folder, "test").items())[:30])
@@ -43,7 +43,7 @@ def scifact_slice(tmp_path_factory):
 @pytest.fixture(scope="session")
 def scifact_claims(scifact_slice):
     """The slice's test claims as queries.jsonl records: type claim, source = first relevant doc."""
-    from specialize.corpus import load_qrels, load_queries
+    from specialize.datasets import load_qrels, load_queries
 
     texts = load_queries(scifact_slice)
     return [

@@ -12,18 +12,10 @@ import time
 
 import pytest
 
-from specialize.artifacts import (
-    Workdir,
-    atomic_path,
-    config_hash,
-    fingerprint,
-    iter_jsonl,
-    read_jsonl,
-    write_json,
-    write_jsonl,
-)
+from specialize.artifacts import atomic_path, config_hash, fingerprint, iter_jsonl, read_jsonl, write_json, write_jsonl
 from specialize.config import PrepareConfig
 from specialize.errors import SpecializeError
+from specialize.workdir import Workdir
 
 RECORDS = [{"_id": "1", "text": "héllo wörld"}, {"_id": "2", "text": "second"}]
 

@@ -8,9 +8,12 @@ import shutil
 from test_cli import cli
 from test_label import _copy_inputs, workdir  # noqa: F401  (the module fixture)
 
-from specialize.audit import seeded_sample, judged_queries, rerank_metrics, verdict
 from specialize.config import Config, LabelConfig, load_config
-from specialize.label import label
+from specialize.datasets import judged_queries
+from specialize.metrics import rerank_metrics
+from specialize.records import AuditPart
+from specialize.stages.label.audit import audit_warning, seeded_sample
+from specialize.stages.label.stage import label
 
 
 def test_rerank_metrics_by_hand():
@@ -30,12 +33,12 @@ def test_sample_is_seeded_and_order_free():
     assert chosen != seeded_sample(qids, 10, seed=2)
 
 
-def test_verdict_warns_only_when_the_teacher_loses():
-    report = {"teacher": "bm25", "student": "bundled:minilm", "qrels": None,
-              "synthetic": {"queries": 40, "teacher": {"ndcg@10": 71.0}, "student": {"ndcg@10": 64.5}}}
-    assert verdict(report) is None
-    report["qrels"] = {"split": "train", "queries": 30, "teacher": {"ndcg@10": 60.0}, "student": {"ndcg@10": 62.5}}
-    warning = verdict(report)  # judged queries outrank synthetic ones
+def test_the_audit_warns_only_when_the_teacher_loses():
+    synthetic = AuditPart(queries=40, teacher={"ndcg@10": 71.0}, student={"ndcg@10": 64.5})
+    assert audit_warning("bm25", "bundled:minilm", synthetic, None) is None
+    qrels = AuditPart(split="train", queries=30, teacher={"ndcg@10": 60.0}, student={"ndcg@10": 62.5})
+    warning = audit_warning("bm25", "bundled:minilm", synthetic, qrels)  # judged queries outrank synthetic ones
+    assert warning is not None
     assert "does not beat" in warning and "60.00 vs 62.50" in warning and "30 judged queries (train split)" in warning
 
 

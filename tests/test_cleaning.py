@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from specialize.generate.cleaning import DROP_REASONS, QueryDeduper, clean_query, copies_passage, normalize_query, shares_words
+from specialize.stages.generate.cleaning import QUERY_DROPS, QueryDeduper, clean_query, copies_passage, normalize_query, shares_words
 
 PASSAGE = (
     "The James Webb Space Telescope observes mainly in the infrared, which lets it see through dust clouds "
@@ -159,4 +159,4 @@ def test_every_drop_reason_is_listed():
         clean_query(PASSAGE, PASSAGE)[1],
         QueryDeduper(["q"]).check("q"),
     }
-    assert reasons == set(DROP_REASONS)
+    assert reasons == set(QUERY_DROPS)

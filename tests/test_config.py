@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+
 import pytest
 import yaml
 
-from specialize.config import Config, load_config, parse_assignment, write_resolved
+from specialize.config import QUERY_TYPES, Config, GenerateConfig, LLMConfig, config_field, field_default, load_config, parse_assignment, write_resolved
 from specialize.errors import SpecializeError
+from specialize.stages.generate.cleaning import clean_query, copies_passage
+from specialize.stages.generate.prompts import build_messages, load_prompt_types
+from specialize.stages.prepare import prepare
+from specialize.teachers import KINDS, MODEL_KINDS
 
 
 def test_defaults_follow_the_papers_or_our_measurements():
@@ -71,3 +78,38 @@ def test_resolved_config_has_every_default(tmp_path):
     assert written["train"]["epochs"] == 2
     assert written["label"]["drop_below_percentile"] == 25.0
     assert load_config(tmp_path / "w" / "config.yaml") == cfg  # the resolved file reloads to the same config
+
+
+def test_a_dotted_key_names_its_field_and_default():
+    assert config_field("generate.llm.backend") is LLMConfig.model_fields["backend"]
+    assert field_default("prepare.max_passages") == 100_000 and field_default("workdir") == Config().workdir
+    assert field_default("mine.retrievers") == Config().mine.retrievers
+    assert field_default("mine.retrievers") is not field_default("mine.retrievers")  # a factory's value is fresh each time
+    with pytest.raises(KeyError):
+        config_field("prepare.corpus.path")
+
+
+def test_the_query_types_are_the_bundled_prompt_files():
+    assert set(QUERY_TYPES) == set(load_prompt_types()) and len(QUERY_TYPES) == len(set(QUERY_TYPES))
+    assert GenerateConfig().types == list(QUERY_TYPES)
+
+
+def test_the_teacher_help_names_every_teacher():
+    description = config_field("label.teacher").description
+    assert description is not None
+    for kind in KINDS:
+        assert (f"{kind}:<model>" if kind in MODEL_KINDS else kind) in description
+
+
+@pytest.mark.parametrize(
+    ("function", "section"),
+    [(prepare, "prepare"), (clean_query, "generate"), (copies_passage, "generate"), (build_messages, "generate")],
+)
+def test_the_api_defaults_are_the_config_fields(function: Callable[..., object], section: str):
+    fields = type(getattr(Config(), section)).model_fields
+    defaults = {name: param.default for name, param in inspect.signature(function).parameters.items()
+                if name in fields and param.default is not inspect.Parameter.empty}
+    assert defaults, "no default of the function is a config field"
+    for name, default in defaults.items():
+        expected = field_default(f"{section}.{name}")
+        assert (list(default) if isinstance(expected, list) else default) == expected, name

@@ -18,18 +18,9 @@ from typing import ClassVar
 import pytest
 
 from specialize.artifacts import read_jsonl, write_jsonl
-from specialize.corpus import (
-    deduplicate,
-    load_corpus,
-    load_qrels,
-    load_queries,
-    normalize_for_dedup,
-    prepare,
-    relevant_test_ids,
-    resolve_dataset,
-    sample_passages,
-)
+from specialize.datasets import load_corpus, load_qrels, load_queries, relevant_test_ids, resolve_dataset
 from specialize.errors import SpecializeError
+from specialize.stages.prepare import deduplicate, normalize_for_dedup, prepare, sample_passages
 
 Docs = list[dict[str, str]]
 

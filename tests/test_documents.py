@@ -16,7 +16,7 @@ from test_cli import assert_one_line_error, cli
 from specialize.artifacts import read_jsonl
 from specialize.chunking import Chunker, chunk_documents
 from specialize.config import load_config
-from specialize.corpus import load_corpus
+from specialize.datasets import load_corpus
 from specialize.documents import PAGE_BREAK
 from specialize.errors import SpecializeError
 from specialize.pipeline import run_stage
@@ -90,7 +90,8 @@ def test_a_run_on_a_folder_of_documents(tmp_path, folder, abstracts):
     queries.write_text("id\ttext\n" + "".join(f"q{i}\t{doc['title']}\n" for i, doc in enumerate(abstracts[:14])))
     work = tmp_path / "work"
     sets = ["mine.retrievers=[bm25,bundled:minilm]", "mine.backend=torch", "label.teacher=bm25", "label.min_list_size=4",
-            "label.list_size=4", "label.dev_fraction=0.3", "train.passages_per_query=4", "train.max_steps=2", "train.batch_size=2", "prepare.chunk_max_tokens=128",
+            "label.list_size=4", "label.dev_fraction=0.3", "train.passages_per_query=4", "train.max_steps=2", "train.batch_size=2",
+            "prepare.chunk_max_tokens=128",
             "prepare.chunk_tokens=96", "prepare.chunk_overlap=16"]
     result = cli("run", "-w", str(work), "--queries", str(queries), "--to", "train", *(f"--set={s}" for s in ["prepare.corpus=" + str(folder), *sets]))
     assert result.returncode == 0, result.stderr

@@ -10,8 +10,11 @@ import pytest
 
 from specialize import encoder as encoder_module
 from specialize.config import EvaluateConfig
+from specialize.datasets import load_dataset
 from specialize.encoder import encode_corpus, load_encoder
-from specialize.evaluate import evaluate, load_dataset, score_run, search, write_trec_run
+from specialize.metrics import score_run
+from specialize.retrieval import search
+from specialize.stages.evaluate import evaluate, write_trec_run
 
 
 def test_metrics_match_hand_computation():
@@ -97,8 +100,33 @@ def test_killed_encode_resumes_from_its_last_chunk(scifact_slice, minilm, monkey
     assert len(encoded) == 128
 
     encoded.clear()
-    monkeypatch.setattr(encoder_module.Encoder, "encode", lambda self, texts, batch_size, kind: encoded.extend(texts) or original(self, texts, batch_size, kind))
+    monkeypatch.setattr(encoder_module.Encoder, "encode",
+                        lambda self, texts, batch_size, kind: encoded.extend(texts) or original(self, texts, batch_size, kind))
     resumed = encode_corpus(minilm, ids, texts, batch_size=32)
     assert len(encoded) == len(texts) - 128  # only the unfinished chunks were encoded
     fresh = original(minilm, texts, 32, "passage")
     assert np.allclose(resumed, fresh, atol=1e-4)  # batch padding differs: float noise only
+
+
+def test_a_dataset_folder_with_a_space_is_evaluated_through_the_stage(tmp_path, scifact_slice):
+    """The pipeline names the eval file the stage writes (it once slugged the name and the stage did not: a folder
+    with a space failed after the whole evaluation)."""
+    import shutil
+
+    from specialize.config import load_config
+    from specialize.pipeline import run_stage
+    from specialize.records import Evaluation
+    from specialize.workdir import Workdir
+
+    source = tmp_path / "my corpus"
+    shutil.copytree(scifact_slice, source)
+    cfg = load_config(None, {"workdir": str(tmp_path / "work"), "evaluate.models": ["bundled:minilm"], "evaluate.datasets": [str(source)],
+                             "evaluate.backend": "torch"})
+    manifest = run_stage(cfg, "evaluate")
+    work = Workdir(cfg.workdir)
+    assert list(manifest["outputs"]) == ["eval/my_corpus.json"] and work.eval_file("my corpus").is_file()
+    result = Evaluation.read(work.eval_file("my corpus"))
+    assert result.dataset == "my corpus" and result.models["bundled:minilm"].metric("ndcg@10") > 0.6
+    assert manifest["counts"]["my corpus:bundled:minilm:ndcg@10"] == round(100 * result.models["bundled:minilm"].metric("ndcg@10"), 2)
+    assert (work.root / result.models["bundled:minilm"].run_file) == work.run_file("my corpus", "bundled:minilm")
+    assert run_stage(cfg, "evaluate")["skipped"] is True  # its outputs are where the manifest says

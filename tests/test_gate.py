@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from specialize.train.data import ScoredList
-from specialize.train.gate import decide, held_out_qrels, judged_gate_queries
-from specialize.train.stage import train
 from test_train import lists_dir, tiny, workdir_with  # noqa: F401
+
+from specialize.stages.train.data import ScoredList
+from specialize.stages.train.gate import decide, held_out_qrels, judged_gate_queries
+from specialize.stages.train.stage import train
 
 
 def scores(values: list[float]) -> dict[str, float]:

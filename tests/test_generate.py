@@ -13,12 +13,12 @@ from test_llm import Server
 
 from specialize.artifacts import fingerprint
 from specialize.config import QUERY_TYPES, GenerateConfig, LLMConfig
-from specialize.corpus import load_corpus
+from specialize.datasets import load_corpus
 from specialize.errors import SpecializeError
-from specialize.generate.cleaning import MAX_CHARS, copies_passage
-from specialize.generate.prompts import WORDS_PER_TOKEN, assign_types, load_prompt_types
-from specialize.generate.stage import REASONS, generate, passage_seed, passage_text, query_id
 from specialize.llm import load_llm, retry_seed
+from specialize.stages.generate.cleaning import copies_passage
+from specialize.stages.generate.prompts import WORDS_PER_TOKEN, assign_types, load_prompt_types
+from specialize.stages.generate.stage import GENERATION_DROPS, generate, passage_seed, passage_text, query_id
 
 BUNDLED = load_prompt_types()
 # Tiny prompts and replies: gemma-270m on 2 busy cores takes seconds per prompt.
@@ -77,15 +77,15 @@ def test_every_bundled_type_gets_a_reply_and_kept_queries_are_clean(gemma_run, o
         assert set(query) == {"qid", "text", "type", "source_id", "generator"}
         assert query["generator"] == "bundled:gemma-270m" and query["qid"] == query_id(query["source_id"])
         text = query["text"]
-        assert "\n" not in text and text == text.strip() and 5 <= len(text) <= MAX_CHARS
+        assert "\n" not in text and text == text.strip() and 5 <= len(text) <= GenerateConfig().max_chars
         assert text[0] not in "\"'`*" and not text.lower().startswith(("query:", "question:"))
         assert not copies_passage(text, texts[query["source_id"]])
     assert counts["passages"] == counts["generated"] == 6 and counts["generated_now"] == 6
-    assert counts["kept"] == len(queries) and counts["kept"] + sum(counts[f"dropped_{r}"] for r in REASONS) == 6
+    assert counts["kept"] == len(queries) and counts["kept"] + sum(counts[f"dropped_{r}"] for r in GENERATION_DROPS) == 6
     assert list(counts["by_type"]) == list(QUERY_TYPES)
     for kind in QUERY_TYPES:
         row = counts["by_type"][kind]
-        assert row["generated"] == 1 and row["kept"] + sum(row[f"dropped_{r}"] for r in REASONS) == 1
+        assert row["generated"] == 1 and row["kept"] + sum(row[f"dropped_{r}"] for r in GENERATION_DROPS) == 1
     assert counts["queries_per_second"] > 0 and counts["generations_reused"] == 0
 
 
@@ -130,8 +130,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(gemma_run, one_per_typ
 
 def test_prompts_sharing_a_prefix_evaluate_it_once_and_decode_side_by_side(gemma, one_per_type):
     """Three prompts of one type and example group: the prefix once, each rest once, the replies one forward pass per token."""
-    from specialize.generate.prompts import build_messages
     from specialize.llm.llama_cpp_backend import Sequences
+    from specialize.stages.generate.prompts import build_messages
 
     question = BUNDLED["question"]
     prefix = build_messages(question, "", 42, "group-0", 1)
@@ -215,7 +215,7 @@ def test_cleaning_keeps_the_query_and_counts_every_drop_by_reason_and_type(tmp_p
     assert {q["source_id"]: q["text"] for q in queries} == {f"d-{title}": text for title, text in KEPT.items()}
     assert all(q["type"] == kinds[q["source_id"]] and q["generator"] == "scripted" for q in queries)
     assert counts["kept"] == 3 and counts["generated"] == len(SCRIPT)
-    for reason in REASONS:
+    for reason in GENERATION_DROPS:
         assert counts[f"dropped_{reason}"] == list(DROPPED.values()).count(reason)
         for kind in ("question", "msmarco"):
             expected = sum(DROPPED.get(title) == reason and kinds[f"d-{title}"] == kind for title in SCRIPT)

@@ -24,6 +24,7 @@ from test_train import CHILD_ENV, same_weights, weights
 
 from specialize.config import load_config
 from specialize.pipeline import PLANS, STAGES
+from specialize.workdir import Workdir
 
 HELPER = Path(__file__).with_name("kill_at.py")
 SMALL = {"prepare.max_passages": 6, "label.query_block": 2, "train.max_steps": 3, "train.keep_worse": True}
@@ -33,11 +34,11 @@ RENAME = "os:replace"
 CASES = [
     ("prepare", f"{RENAME}:1"),  # corpus.jsonl written, not yet in place
     ("prepare", f"{RENAME}:3"),  # both outputs in place, not the manifest
-    ("generate", "specialize.generate.stage:sample_until:2"),  # the first block's replies appended, the second asked
+    ("generate", "specialize.stages.generate.stage:sample_until:2"),  # the first block's replies appended, the second asked
     ("generate", f"{RENAME}:1"),  # every reply written, the partial file not yet renamed
     ("generate", f"{RENAME}:2"),  # generations.jsonl in place, queries.jsonl not
     ("mine", f"{RENAME}:1"),
-    ("label", "specialize.label:score_many:2"),  # one block of teacher scores appended
+    ("label", "specialize.stages.label.stage:score_many:2"),  # one block of teacher scores appended
     ("label", f"{RENAME}:2"),  # labels.jsonl in place, the splits not
     ("train", "transformers.trainer_callback:TrainerState.save_to_json:2"),  # checkpoint-2's weights saved, not its state
     ("train", "transformers.trainer:Trainer.training_step:3"),  # between two checkpoints
@@ -68,7 +69,7 @@ def uninterrupted(tmp_path_factory, scifact_slice):
 
 
 def _outputs(work: Path, stage: str, corpus: Path) -> list[str]:
-    return PLANS[stage](load_config(None, _config(work, corpus)), work).outputs
+    return PLANS[stage](load_config(None, _config(work, corpus)), Workdir(work)).outputs
 
 
 def _same(stage: str, whole: Path, resumed: Path, name: str) -> None:
@@ -91,7 +92,8 @@ def _same(stage: str, whole: Path, resumed: Path, name: str) -> None:
 
 def _timeless(value, work: Path):
     if isinstance(value, dict):
-        return {_timeless(k, work): _timeless(v, work) for k, v in value.items() if not any(word in k for word in ("second", "time", "_at", "rate", "run_file"))}
+        return {_timeless(k, work): _timeless(v, work) for k, v in value.items()
+                if not any(word in k for word in ("second", "time", "_at", "rate", "run_file"))}
     if isinstance(value, list):
         return [_timeless(v, work) for v in value]
     return value.replace(str(work), "WORK") if isinstance(value, str) else value

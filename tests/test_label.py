@@ -7,22 +7,15 @@ import shutil
 
 import numpy as np
 import pytest
+from test_cli import assert_one_line_error, cli
 
 from specialize.config import LabelConfig, MineConfig
-from specialize.corpus import prepare
 from specialize.errors import SpecializeError
-from specialize.label import dev_split, filter_and_split, label, list_filter, normalize, score_bounds, top_list
-from specialize.teachers import (
-    BiEncoderTeacher,
-    EnsembleTeacher,
-    load_teacher,
-    minmax_scaled,
-    parse_teacher,
-    percentile_ranks,
-    score_many,
-)
-from specialize.mine import mine, read_corpus
-from test_cli import assert_one_line_error, cli
+from specialize.records import read_corpus
+from specialize.stages.label.stage import dev_split, filter_and_split, label, list_filter, normalize, score_bounds, top_list
+from specialize.stages.mine import mine
+from specialize.stages.prepare import prepare
+from specialize.teachers import BiEncoderTeacher, EnsembleTeacher, load_teacher, minmax_scaled, parse_teacher, percentile_ranks, score_many
 
 
 def _lines(path):

@@ -9,6 +9,7 @@ import threading
 import time
 import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,6 +148,7 @@ def gemma_transformers():
     return load_llm("bundled:gemma-270m", LLMConfig(backend="transformers", chat_template=TINY_CHAT_TEMPLATE, batch_size=2))
 
 
+@pytest.mark.slow  # loading gemma in transformers costs ~50 s of the 10-minute `make test`; `make test-slow` runs it
 def test_transformers_backend_agrees_with_llama_cpp(gemma_transformers, gemma_llama_cpp):
     llm = gemma_transformers
     prompts = [judge_messages(QUERY, GOOD), judge_messages(QUERY, BAD), judge_messages("stock market news", BAD)]
@@ -191,8 +193,13 @@ def _fake_vllm(monkeypatch, tokenizer):
     return calls
 
 
-def test_vllm_backend_path_with_the_engine_replaced(monkeypatch, gemma_transformers, tmp_path):
-    calls = _fake_vllm(monkeypatch, gemma_transformers.tokenizer)
+def test_vllm_backend_path_with_the_engine_replaced(monkeypatch, tmp_path):
+    from transformers import AutoTokenizer
+
+    from specialize.models import resolve_model
+
+    gguf = Path(resolve_model("bundled:gemma-270m"))
+    calls = _fake_vllm(monkeypatch, AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name))  # its tokenizer, not the model
     model = tmp_path / "model"
     model.mkdir()
     config = LLMConfig(backend="vllm", tensor_parallel_size=4, chat_template=TINY_CHAT_TEMPLATE)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from specialize.train import CachedLoss, InfoNCELoss, ListwiseDistillationLoss, MarginMSELoss
-from specialize.train.base import passage_groups
-from specialize.train.infonce_loss import in_batch_infonce
+from specialize.losses import CachedLoss, InfoNCELoss, ListMarginMSELoss, ListwiseDistillationLoss
+from specialize.losses.base import passage_groups
+from specialize.losses.infonce_loss import in_batch_infonce
 
 # Two queries, three passages each, in 2-D. Query 1 is not unit length (the losses normalize).
 QUERY = [[1.0, 0.0], [0.0, 2.0]]
@@ -96,14 +96,14 @@ def test_margin_mse_matches_hand_computation():
     # Student margins 6 * (cos_pos - cos_neg): query 0: 2.4, 6.0; query 1 (positive e, cos 0.6): -2.4, 3.6.
     # Teacher margins: 0.2, 0.8; 0.8, 0.5.
     expected = ((2.4 - 0.2) ** 2 + (6.0 - 0.8) ** 2 + (-2.4 - 0.8) ** 2 + (3.6 - 0.5) ** 2) / 4
-    assert MarginMSELoss(None).compute_loss_from_embeddings(*tensors()).item() == pytest.approx(expected, rel=1e-5)
-    half = MarginMSELoss(None, scale=3.0).compute_loss_from_embeddings(*tensors()).item()
+    assert ListMarginMSELoss(None).compute_loss_from_embeddings(*tensors()).item() == pytest.approx(expected, rel=1e-5)
+    half = ListMarginMSELoss(None, scale=3.0).compute_loss_from_embeddings(*tensors()).item()
     assert half == pytest.approx(((1.2 - 0.2) ** 2 + (3.0 - 0.8) ** 2 + (-1.2 - 0.8) ** 2 + (1.8 - 0.5) ** 2) / 4)
 
 
 @pytest.mark.parametrize(
     "loss",
-    [ListwiseDistillationLoss(None), InfoNCELoss(None, denoise_ratio=0.6), MarginMSELoss(None)],
+    [ListwiseDistillationLoss(None), InfoNCELoss(None, denoise_ratio=0.6), ListMarginMSELoss(None)],
     ids=lambda loss: type(loss).__name__,
 )
 def test_positive_is_the_teacher_argmax_not_the_first_column(loss):
@@ -198,7 +198,7 @@ def test_passage_groups_compare_token_ids_ignoring_padding():
         lambda: ListwiseDistillationLoss(None, infonce_weight=-1),
         lambda: ListwiseDistillationLoss(None, false_negative_ratio=1.5),
         lambda: InfoNCELoss(None, temperature=-0.05),
-        lambda: MarginMSELoss(None, scale=0),
+        lambda: ListMarginMSELoss(None, scale=0),
     ],
 )
 def test_bad_hyperparameters_are_refused(make):
@@ -256,7 +256,7 @@ def backward(loss: torch.nn.Module, batch) -> tuple[float, dict[str, torch.Tenso
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize(
     "make",
-    [ListwiseDistillationLoss, lambda m: InfoNCELoss(m, denoise_ratio=0.6), MarginMSELoss],
+    [ListwiseDistillationLoss, lambda m: InfoNCELoss(m, denoise_ratio=0.6), ListMarginMSELoss],
     ids=["listwise", "infonce", "margin_mse"],
 )
 def test_cached_loss_gives_the_same_loss_and_gradients(make, dtype, students, batch):
@@ -306,4 +306,4 @@ def test_label_shape_must_match_the_passage_columns(wrap, model, batch):
 
 def test_cached_loss_refuses_a_bad_mini_batch_size(model):
     with pytest.raises(ValueError, match="mini_batch_size"):
-        CachedLoss(MarginMSELoss(model), mini_batch_size=0)
+        CachedLoss(ListMarginMSELoss(model), mini_batch_size=0)

@@ -6,22 +6,16 @@ import json
 
 import pytest
 import yaml
+from test_cli import assert_one_line_error, cli
 
 from specialize import encoder as encoder_module
 from specialize.config import MineConfig
-from specialize.corpus import prepare
 from specialize.encoder import encode_corpus, load_encoder
 from specialize.errors import SpecializeError
-from specialize.mine import (
-    DenseRetriever,
-    candidate_list,
-    mine,
-    passes_roundtrip,
-    read_corpus,
-    reciprocal_rank_fusion,
-    roundtrip_hits,
-)
-from test_cli import assert_one_line_error, cli
+from specialize.records import read_corpus
+from specialize.retrieval import DenseRetriever, reciprocal_rank_fusion
+from specialize.stages.mine import candidate_list, mine, passes_roundtrip, roundtrip_hits
+from specialize.stages.prepare import prepare
 
 
 def test_reciprocal_rank_fusion_by_hand():
@@ -115,10 +109,12 @@ def test_approximate_indexes_agree_with_flat_on_top1(workdir, minilm):
 @pytest.mark.parametrize(
     ("lines", "fragment"),
     [
-        ('{"qid": "q1", "text": "a claim", "type": "claim", "source_id": "d"}\n{"qid": "q2", "text": "b", "type": "claim"}\n', "queries.jsonl:2: missing field 'source_id'"),
+        ('{"qid": "q1", "text": "a claim", "type": "claim", "source_id": "d"}\n{"qid": "q2", "text": "b", "type": "claim"}\n',
+         "queries.jsonl:2: missing field 'source_id'"),
         ('{"qid": "q1", "text": "", "type": "claim", "source_id": "d"}\n', "queries.jsonl:1: expected a non-empty string in field 'text'"),
         ('{"qid": "q1", "text": "a", "type": "claim", "source_id": ""}\n', "queries.jsonl:1: expected a non-empty string or null in field 'source_id'"),
-        ('{"qid": "q1", "text": "a", "type": "claim", "source_id": "d"}\n{"qid": "q1", "text": "b", "type": "claim", "source_id": "d"}\n', "queries.jsonl:2: duplicate qid 'q1'"),
+        ('{"qid": "q1", "text": "a", "type": "claim", "source_id": "d"}\n{"qid": "q1", "text": "b", "type": "claim", "source_id": "d"}\n',
+         "queries.jsonl:2: duplicate qid 'q1'"),
         ("\n", "queries.jsonl: no queries"),
     ],
 )

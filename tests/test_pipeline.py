@@ -12,10 +12,10 @@ from conftest import TINY_CHAT_TEMPLATE
 from test_cli import assert_one_line_error, cli
 
 from specialize.artifacts import read_jsonl
-from specialize.errors import SpecializeError
 from specialize.config import QUERY_TYPES
+from specialize.errors import SpecializeError
 from specialize.pipeline import STAGES, Pipeline, stage_range
-from specialize.report import funnel
+from specialize.stages.report import funnel
 
 
 def _overrides(work, corpus):
@@ -24,7 +24,8 @@ def _overrides(work, corpus):
         "generate.model": "bundled:gemma-270m", "generate.llm.backend": "llama_cpp", "generate.llm.chat_template": TINY_CHAT_TEMPLATE,
         "generate.llm.context_tokens": 1024, "generate.max_new_tokens": 12, "generate.few_shot": 1, "generate.block": 2,
         "mine.retrievers": ["bm25", "bundled:minilm"], "mine.backend": "torch", "mine.top_k": 10, "mine.depth": 400, "mine.roundtrip_depth": 400,
-        "label.teacher": "ensemble:bm25=1,bi-encoder:bundled:minilm=1", "label.backend": "torch", "label.min_list_size": 10, "label.list_size": 6, "label.require_source_first": False,
+        "label.teacher": "ensemble:bm25=1,bi-encoder:bundled:minilm=1", "label.backend": "torch", "label.min_list_size": 10,
+        "label.list_size": 6, "label.require_source_first": False,
         "label.drop_below_percentile": 0, "label.dev_fraction": 0.3, "label.audit_queries": 6,
         "train.passages_per_query": 6, "train.batch_size": 2, "train.max_steps": 2, "train.query_max_length": 16,
         "train.passage_max_length": 32, "train.report_to": "none", "train.eval_steps": 1,
@@ -56,7 +57,7 @@ def test_stage_range_and_errors():
 
 
 def test_run_end_to_end_with_a_kill_and_a_resume(tmp_path, scifact_slice, gemma_llama_cpp, monkeypatch):
-    import specialize.generate.stage as generate_stage
+    import specialize.stages.generate.stage as generate_stage
 
     monkeypatch.setattr(generate_stage, "load_llm", lambda *args, **kwargs: gemma_llama_cpp)
     whole = Pipeline(None, **_overrides(tmp_path / "whole", scifact_slice))

@@ -9,15 +9,8 @@ import pytest
 
 from specialize.config import QUERY_TYPES
 from specialize.errors import SpecializeError
-from specialize.generate.cleaning import QueryDeduper, clean_query, copies_passage
-from specialize.generate.prompts import (
-    WORDS_PER_TOKEN,
-    assign_types,
-    build_messages,
-    load_prompt_types,
-    truncate_passage,
-    type_mixture,
-)
+from specialize.stages.generate.cleaning import QueryDeduper, clean_query, copies_passage
+from specialize.stages.generate.prompts import WORDS_PER_TOKEN, assign_types, build_messages, load_prompt_types, truncate_passage, type_mixture
 
 BUNDLED = load_prompt_types()
 FEW_SHOT_TYPES = [name for name in QUERY_TYPES if name != "web_search"]
@@ -165,7 +158,11 @@ BAD_FILES = [
         "examples[1]: missing field 'query'",
     ),
     ("description: x\nsystem: s\nuser: '{examples}{passage}'\nexamples:\n  - {passage: p, query: 3}\n", 5, "examples[0].query: expected a non-empty string"),
-    ("description: x\nsystem: s\nuser: '{examples}{passage}'\nexamples:\n  - {passage: p, query: q, qeury: r}\n", 5, "examples[0].qeury: unknown field (did you mean 'query'?)"),
+    (
+        "description: x\nsystem: s\nuser: '{examples}{passage}'\nexamples:\n  - {passage: p, query: q, qeury: r}\n",
+        5,
+        "examples[0].qeury: unknown field (did you mean 'query'?)",
+    ),
     ("description: x\nsystem: s\nuser: '{passage}'\nexamples:\n  - {passage: p, query: q}\n", 3, "no {examples} placeholder"),
     ("description: x\nsystem: s\nuser: '{examples}{passage}'\n", 3, "the type has no examples"),
     ("extend: yes please\n", 1, "extend: expected true or false"),

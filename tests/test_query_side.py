@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_train import StopAfterFirstStep, lists_dir, run_cli, tiny, tiny_flags, workdir_with  # noqa: F401
 
 from specialize.encoder import load_encoder
+from specialize.losses import ListwiseDistillationLoss
+from specialize.losses.infonce_loss import in_batch_infonce
+from specialize.losses.query_side import QuerySideLoss
 from specialize.models import model_fingerprint, resolve_model
-from specialize.train import ListwiseDistillationLoss
-from specialize.train.data import query_side_dataset, read_lists
-from specialize.train.infonce_loss import in_batch_infonce
-from specialize.train.query_side import QuerySideLoss
-from specialize.train.stage import train
-from test_train import StopAfterFirstStep, lists_dir, run_cli, tiny, tiny_flags, workdir_with  # noqa: F401
+from specialize.stages.train.data import query_side_dataset, read_lists
+from specialize.stages.train.stage import train
 
 QUERY = {"mode": "query", "keep_worse": True}
 
@@ -174,7 +174,7 @@ def test_the_query_side_loss_is_the_list_loss_over_the_looked_up_passages():
 
 def test_the_query_side_defaults_to_twice_the_rate_and_three_epochs():
     from specialize.config import TrainConfig
-    from specialize.train.recipe import default_learning_rate, epochs
+    from specialize.stages.train.recipe import default_learning_rate, epochs
 
     assert default_learning_rate(22_700_000, "query") == 1e-4 and default_learning_rate(22_700_000) == 5e-5
     assert epochs(TrainConfig()) == 3 and epochs(TrainConfig(mode="full")) == 1 and epochs(TrainConfig(epochs=0.5)) == 0.5

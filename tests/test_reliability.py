@@ -17,9 +17,8 @@ import yaml
 from test_cli import SCRIPT, assert_one_line_error, cli
 
 from specialize.config import load_config
-from specialize.corpus import load_qrels
+from specialize.datasets import load_dataset, load_qrels
 from specialize.encoder import corpus_key, encode_corpus, load_encoder
-from specialize.evaluate import load_dataset
 from specialize.models import cache_dir
 from specialize.pipeline import run_stage
 
@@ -59,7 +58,7 @@ def test_a_mistake_on_the_command_line_is_one_line(tmp_path, args, fragments):
 
 
 def test_a_truncated_cached_embedding_is_computed_again(scifact_slice, capsys):
-    from specialize.corpus import load_corpus
+    from specialize.datasets import load_corpus
 
     docs = list(load_corpus(scifact_slice))[:40]
     ids, texts = [doc["_id"] for doc in docs], [doc["text"] for doc in docs]

@@ -9,7 +9,7 @@ import pytest
 
 from specialize.config import EvaluateConfig
 from specialize.encoder import CPU_DEFAULT_BACKEND, resolve_backend
-from specialize.evaluate import evaluate
+from specialize.stages.evaluate import evaluate
 
 RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
 

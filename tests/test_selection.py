@@ -13,9 +13,9 @@ from test_cli import cli
 from test_label import _copy_inputs, _lines, workdir  # noqa: F401  (the module fixture)
 
 from specialize.config import Config, LabelConfig, TrainConfig, load_config
-from specialize.label import label
-from specialize.selection import Basis, choose, fusion_spec, halves, judged_basis, settle_ties, simplex
-from specialize.train.stage import train
+from specialize.stages.label.selection import Basis, choose, fusion_spec, halves, judged_basis, settle_ties, simplex
+from specialize.stages.label.stage import label
+from specialize.stages.train.stage import train
 
 STUDENT = "bi-encoder:bundled:minilm"
 
@@ -47,15 +47,15 @@ def test_choice_and_headroom_by_hand():
     config = Config(label=LabelConfig(fusion_step=0.5))
     rows = [{"teacher": STUDENT}, {"teacher": "bm25"}]
     good = choose([basis], [STUDENT, "bm25"], [[ranks_second], [ranks_first]], rows, config)
-    assert good["chosen"] == "bm25" and good["headroom"] is True and good["basis"] == "synthetic"
-    assert good["margin"] == pytest.approx(100 * (1 - 1 / np.log2(3)), abs=0.01) == good["ci_low"]  # the same gain on every query
-    assert (good["fit_queries"], good["measure_queries"]) == (6, 6)
-    assert [c["teacher"] for c in good["candidates"]] == [STUDENT, "bm25", f"ensemble:{STUDENT}=0.5,bm25=0.5"]
+    assert good.chosen == "bm25" and good.headroom is True and good.basis == "synthetic"
+    assert good.margin == pytest.approx(100 * (1 - 1 / np.log2(3)), abs=0.01) == good.ci_low  # the same gain on every query
+    assert (good.fit_queries, good.measure_queries) == (6, 6)
+    assert [c["teacher"] for c in good.candidates] == [STUDENT, "bm25", f"ensemble:{STUDENT}=0.5,bm25=0.5"]
     # The fusion at 0.5/0.5 ties 1.0 vs 1.0 for x and rel: candidate order puts x first, as the student does.
-    assert good["candidates"][2]["fit_ndcg@10"] == good["candidates"][0]["fit_ndcg@10"]
+    assert good.candidates[2]["fit_ndcg@10"] == good.candidates[0]["fit_ndcg@10"]
     bad = choose([basis], [STUDENT, "bm25"], [[ranks_first], [ranks_second]], rows, config)
-    assert bad["chosen"] == STUDENT and bad["headroom"] is False and bad["margin"] == 0
-    assert bad["reason"].startswith(f"no teacher available here beats the student on this corpus: best `{STUDENT}` +0.00 nDCG@10")
+    assert bad.chosen == STUDENT and bad.headroom is False and bad.margin == 0
+    assert bad.reason.startswith(f"no teacher available here beats the student on this corpus: best `{STUDENT}` +0.00 nDCG@10")
 
 
 def test_a_fit_within_one_standard_error_of_the_best_goes_to_the_simplest_fusion():
@@ -122,7 +122,7 @@ def test_auto_drops_a_useless_bm25_and_keeps_the_base_untrained(useless_bm25, tm
     assert not (work / "checkpoints").exists()
 
     # The slice's claims as they are (the run trained on their one-token forms) are judged queries the gate reads instead.
-    from specialize.corpus import load_qrels, load_queries
+    from specialize.datasets import load_qrels, load_queries
 
     judged = ("train", load_queries(scifact_slice), load_qrels(scifact_slice, "test"))
     forced = train(work, TrainConfig(**small, force_train=True), teacher=STUDENT, judged=judged)
@@ -157,8 +157,8 @@ def test_judged_queries_come_from_dev_or_train_never_test(workdir, tmp_path, sci
 
 
 def test_term_overlap_by_hand():
-    from specialize.mine import bm25_terms
-    from specialize.selection import term_overlap
+    from specialize.retrieval import bm25_terms
+    from specialize.stages.label.selection import term_overlap
 
     query, source = bm25_terms(["the lenses of vertebrates and fish", "Crystalline lenses in vertebrates."])
     assert query == {"lens", "vertebr", "fish"} and term_overlap(query, source) == pytest.approx(2 / 3)

@@ -17,18 +17,18 @@ from unittest.mock import patch
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_cli import SCRIPT
 from transformers import TrainerCallback
 
 from specialize.config import TrainConfig
-from specialize.errors import SpecializeError
 from specialize.encoder import cached_corpus, encode_corpus, load_encoder
-from specialize.mine import read_corpus
+from specialize.errors import SpecializeError
+from specialize.losses import CachedLoss, InfoNCELoss, ListMarginMSELoss, ListwiseDistillationLoss
 from specialize.models import document_fingerprint, model_fingerprint, resolve_model
-from specialize.train import CachedLoss, InfoNCELoss, ListwiseDistillationLoss, MarginMSELoss
-from specialize.train.data import read_lists, training_subset
-from specialize.train.recipe import build_loss, default_learning_rate, warmup_steps
-from specialize.train.stage import train
-from test_cli import SCRIPT
+from specialize.records import read_corpus
+from specialize.stages.train.data import read_lists, training_subset
+from specialize.stages.train.recipe import build_loss, default_learning_rate, warmup_steps
+from specialize.stages.train.stage import train
 
 torch.set_num_threads(1)  # two busy cores: more threads only contend
 
@@ -51,7 +51,7 @@ def tiny_flags(**changes) -> list[str]:
 @pytest.fixture(scope="module")
 def lists_dir(tmp_path_factory, scifact_slice):
     """corpus.jsonl and 8 train / 4 dev lists: each claim's relevant abstract first, then three others, teacher-scored."""
-    from specialize.corpus import load_corpus, load_qrels, load_queries
+    from specialize.datasets import load_corpus, load_qrels, load_queries
 
     folder = tmp_path_factory.mktemp("lists")
     docs = list(load_corpus(scifact_slice))
@@ -80,9 +80,12 @@ def workdir_with(lists_dir, path):
 def cli_run(tmp_path_factory, lists_dir):
     """`specialize train` on the tiny lists, with an evaluation file already in the work directory."""
     work = workdir_with(lists_dir, tmp_path_factory.mktemp("cli") / "w")
-    (work / "eval").mkdir()
-    metrics = {"ndcg@10": 0.645, "recall@100": 0.925, "mrr@10": 0.605}
-    (work / "eval" / "scifact.json").write_text(json.dumps({"dataset": "scifact", "split": "test", "models": {"bundled:minilm": metrics}}))
+    from specialize.records import Evaluation, ModelScores
+    from specialize.workdir import Workdir
+
+    scores = ModelScores(**{"ndcg@10": 0.645, "recall@100": 0.925, "mrr@10": 0.605}, seconds=1.0, backend="torch", max_seq_length=256,
+                         run_file="eval/runs/scifact/bundled_minilm.trec")
+    Evaluation(dataset="scifact", split="test", queries=300, docs=5183, models={"bundled:minilm": scores}).write(Workdir(work).eval_file("scifact"))
     return work, run_cli("train", "--workdir", str(work), *tiny_flags())
 
 
@@ -168,7 +171,7 @@ def test_each_loss_is_selectable_and_configured_from_the_train_section(minilm):
         "listwise": (ListwiseDistillationLoss, {"teacher_temperature": 0.05, "student_temperature": 0.05, "infonce_weight": 0.1,
                                                 "infonce_temperature": 0.01, "false_negative_ratio": 0.6}),
         "infonce": (InfoNCELoss, {"temperature": 0.05, "denoise_ratio": 0.6}),
-        "marginmse": (MarginMSELoss, {"scale": pytest.approx(1.0)}),
+        "marginmse": (ListMarginMSELoss, {"scale": pytest.approx(1.0)}),
     }
     for name, (kind, settings) in cases.items():
         loss, for_trainer = build_loss(tiny(loss=name), minilm)
@@ -314,9 +317,11 @@ def test_training_subset_keeps_the_types_then_a_seeded_sample(lists_dir):
         training_subset(rows, ["title"], None, 42)
 
 
+@pytest.mark.slow  # four trainings (~40 s of the 10-minute `make test`); `make test-slow` runs it
 def test_run_ablate_types_trains_one_variant_per_type_and_a_same_size_mixture(tmp_path, lists_dir):
-    from specialize.pipeline import evaluation_targets
     from specialize.config import load_config
+    from specialize.stages.evaluate import targets
+    from specialize.workdir import Workdir
 
     work = workdir_with(lists_dir, tmp_path / "w")
     flags = [*tiny_flags(max_steps=1), "--set=evaluate.datasets=[demo:scifact]"]
@@ -333,7 +338,7 @@ def test_run_ablate_types_trains_one_variant_per_type_and_a_same_size_mixture(tm
         assert f"train:{name}" in out
     assert json.loads((variants / "type-claim" / "train.json").read_text())["train_types"] == {"claim": 5}
     cfg = load_config(None, {"workdir": str(work), "evaluate.datasets": ["demo:scifact"]})
-    models, _ = evaluation_targets(cfg, work)
+    models, _ = targets(Workdir(work), cfg)
     assert models == ["bundled:minilm", str(work / "models" / "student"), *(str(variants / name / "models" / "student") for name in sorted(expected))]
     code, out, err = run_cli("run", "--workdir", str(work), "--from", "train", "--to", "train", "--ablate-types", *flags)
     assert code == 0 and out.count("skipped") == 4, out
@@ -404,15 +409,15 @@ def test_unknown_passages_and_duplicate_qids_name_the_line(tmp_path, lists_dir):
 
 def test_the_card_names_the_teacher_only_if_it_scored_the_labels(tmp_path, lists_dir):
     from specialize.artifacts import finish_partial, partial_path
-    from specialize.label import _labels_key
+    from specialize.stages.train.stage import labels_teacher
     from specialize.teachers import parse_teacher
-    from specialize.train.stage import labels_teacher
+    from specialize.workdir import Workdir
 
     work = workdir_with(lists_dir, tmp_path / "w")
     assert labels_teacher(work, "bm25") is None  # no labels at all
     for name in ("queries.jsonl", "candidates.jsonl"):
         (work / name).write_text("{}\n")
-    key = _labels_key(parse_teacher("bm25"), work)
+    key = Workdir(work).labels_key(str(parse_teacher("bm25")))
     partial_path(work / "labels.jsonl", key).write_text("{}\n")
     finish_partial(work / "labels.jsonl", key)
     assert labels_teacher(work, "bm25") == "bm25"
@@ -420,7 +425,7 @@ def test_the_card_names_the_teacher_only_if_it_scored_the_labels(tmp_path, lists
 
 
 def test_the_logged_train_loss_is_the_whole_runs_after_a_resume():
-    from specialize.train.stage import whole_run_loss
+    from specialize.stages.train.stage import whole_run_loss
 
     # Steps 1..3 logged as two means (step 1; steps 2-3), then the trainer's closing entry with its own average.
     history = [{"loss": 1.0, "step": 1}, {"eval_loss": 5.0, "step": 1}, {"loss": 3.0, "step": 3}, {"train_loss": 9.0, "step": 3}]

@@ -14,12 +14,13 @@ import yaml
 from test_cli import assert_one_line_error, cli
 
 from specialize.config import GenerateConfig, LabelConfig, load_config
-from specialize.corpus import load_qrels, load_queries, load_user_queries, prepare
+from specialize.datasets import load_qrels, load_queries, load_user_queries
 from specialize.errors import SpecializeError
-from specialize.generate.stage import generate
-from specialize.label import list_filter
 from specialize.pipeline import run_stage
-from specialize.report import funnel
+from specialize.stages.generate.stage import generate
+from specialize.stages.label.stage import list_filter
+from specialize.stages.prepare import prepare
+from specialize.stages.report import funnel
 
 
 def _lines(path):
@@ -166,12 +167,15 @@ def test_require_source_first_steps_aside_without_a_source_and_other_filters_app
 
 
 def test_the_funnel_of_user_queries(tmp_path):
-    stages = tmp_path / "stages"
-    stages.mkdir()
+    from specialize.records import Manifest
+    from specialize.workdir import Workdir
+
+    work = Workdir(tmp_path)
     for stage, counts in {"generate": {"user_queries": 9, "kept": 9, "by_type": {"claim": {"kept": 4}, "user": {"kept": 5}}},
                           "mine": {"by_type": {"claim": {"kept": 4}, "user": {"kept": 5}}},
                           "label": {"by_type": {"claim": {"kept": 3, "train": 2}, "user": {"kept": 4, "train": 3}}}}.items():
-        (stages / f"{stage}.json").write_text(json.dumps({"counts": counts}))
+        Manifest(stage=stage, version="test", config_hash="0", inputs={}, outputs={}, counts=counts, seconds=1.0,
+                 finished_at="2026-12-03T10:00:00+0000").write(work.manifest_path(stage))
     assert funnel(tmp_path) == (["claim", "user"], ["from your queries file", "mined (no round trip)", "after teacher filters", "train"],
                                 {"claim": [4, 4, 3, 2], "user": [5, 5, 4, 3]})
 

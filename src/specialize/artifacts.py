@@ -1,8 +1,8 @@
-"""The work directory: streaming JSONL, atomic writes, fingerprints and stage manifests.
+"""Files written safely: streaming JSONL, atomic writes, resumable partial files and fingerprints.
 
-Every stage reads and writes files in one work directory. Files appear only complete
-(written to a temporary sibling, then renamed), and each stage leaves a manifest in
-``stages/<stage>.json`` so that a rerun with the same config and inputs is skipped.
+Files appear only complete (written to a temporary sibling, then renamed); a long write appends to a partial file
+that a killed run resumes. Where each file of a work directory lives, and the stage manifests, are
+:mod:`specialize.workdir`'s.
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ import io
 import json
 import os
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from specialize import __version__
 from specialize.errors import SpecializeError, located
 from specialize.progress import stderr
 
@@ -77,8 +75,22 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
 
 
 def orphan_temporaries(path: Path) -> list[Path]:
-    """The temporary files ``atomic_path`` left next to ``path`` when a kill stopped it."""
-    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    """The temporary files ``atomic_path`` left next to ``path`` when a kill stopped the process writing them; a live
+    process's (another torchrun rank writing the same file) is not an orphan."""
+    return sorted(tmp for tmp in path.parent.glob(f".{path.name}.*.tmp") if not _alive(tmp.name.removeprefix(f".{path.name}.").split(".")[0]))
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process ``pid`` (the writer a temporary's name records) is running on this machine."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -93,7 +105,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     for orphan in orphan_temporaries(path):  # what a killed earlier write of this file left
         orphan.unlink(missing_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # as any other file the user writes, not mkstemp's 0600
@@ -144,8 +156,13 @@ def partial_path(final: Path, key: str) -> Path:
     return final.with_name(f".{final.name}.{key}.partial")
 
 
+def key_name(final: str) -> str:
+    """The name of the file beside ``final`` that holds the key its content was made with."""
+    return f".{Path(final).stem}.key"
+
+
 def _key_path(final: Path) -> Path:
-    return final.with_name(f".{final.stem}.key")
+    return final.with_name(key_name(final.name))
 
 
 def resume_partial(final: Path, key: str, field: str) -> tuple[Path, set[str]]:
@@ -211,82 +228,3 @@ def config_hash(config: BaseModel | Mapping[str, Any]) -> str:
     """A stable sha256 of a config's resolved values."""
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
-class Workdir:
-    """One run's directory: artifacts at the top, manifests under ``stages/``."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-
-    def path(self, name: str) -> Path:
-        """The path of an artifact inside the work directory."""
-        return self.root / name
-
-    def manifest_path(self, stage: str) -> Path:
-        return self.root / "stages" / f"{stage}.json"
-
-    def manifest(self, stage: str) -> dict[str, Any] | None:
-        """The stage's last manifest, or None when it never finished."""
-        path = self.manifest_path(stage)
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            return None
-
-    def run_stage(
-        self,
-        stage: str,
-        config: BaseModel | Mapping[str, Any],
-        inputs: Mapping[str, str | Path],
-        outputs: Iterable[str],
-        body: Callable[[], Mapping[str, Any]],
-        force: bool = False,
-    ) -> dict[str, Any]:
-        """Run ``body`` unless the stage already ran with the same config, inputs and outputs.
-
-        ``inputs`` maps a name to a file or folder (fingerprinted), or to a plain string
-        (compared as is, for sources such as ``demo:scifact``). ``body`` writes the
-        ``outputs`` (names relative to the work directory) and returns the counts to record.
-        The returned manifest has ``"skipped": True`` when the stage did not run.
-        """
-        outputs = list(outputs)
-        wanted_hash = config_hash(config)
-        wanted_inputs = {name: _input_fingerprint(value) for name, value in inputs.items()}
-        previous = self.manifest(stage)
-        if not force and previous is not None and self._is_current(previous, wanted_hash, wanted_inputs):
-            return {**previous, "skipped": True}
-        self.root.mkdir(parents=True, exist_ok=True)
-        for output in outputs:  # what a killed earlier run left half-written, outputs the stage may reuse unwritten too
-            for orphan in orphan_temporaries(self.path(output)):
-                orphan.unlink(missing_ok=True)
-        started = time.perf_counter()
-        counts = dict(body())
-        manifest = {
-            "stage": stage,
-            "version": __version__,
-            "config_hash": wanted_hash,
-            "inputs": wanted_inputs,
-            "outputs": {name: fingerprint(self.path(name)) for name in outputs},
-            "counts": counts,
-            "seconds": round(time.perf_counter() - started, 3),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        write_json(self.manifest_path(stage), manifest)
-        return {**manifest, "skipped": False}
-
-    def _is_current(self, previous: Mapping[str, Any], wanted_hash: str, wanted_inputs: Mapping[str, str]) -> bool:
-        if previous.get("config_hash") != wanted_hash or previous.get("inputs") != wanted_inputs:
-            return False
-        for name, digest in previous.get("outputs", {}).items():
-            output = self.path(name)
-            if not output.exists() or fingerprint(output) != digest:
-                return False
-        return True
-
-
-def _input_fingerprint(value: str | Path) -> str:
-    path = Path(value)
-    return fingerprint(path) if path.exists() else str(value)

@@ -2,7 +2,8 @@
 
 Every command reads an optional YAML config (else the work directory's ``config.yaml``), applies its
 flags and ``--set key=value`` overrides on top, and once it succeeds writes the resolved config to
-``<workdir>/config.yaml``. A user mistake ends in one line on stderr and exit code 2.
+``<workdir>/config.yaml``. A flag that sets a config key takes its help and its default from that key's
+pydantic field (``_option``). A user mistake ends in one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from rich.padding import Padding
 from rich.table import Table
 
 from specialize import __version__
-from specialize.config import Config, load_config, parse_assignment, write_resolved
+from specialize.config import Config, config_field, field_default, load_config, parse_assignment
 from specialize.counts import by_type, totals
 from specialize.errors import SpecializeError
 from specialize.progress import stderr
 from specialize.progress import stdout as console
+from specialize.workdir import Workdir
 
 app = typer.Typer(
     help="Make an embedding model specialize in one corpus.",
@@ -34,18 +36,42 @@ app = typer.Typer(
 BIGGER_PASSAGES = 1000
 _VERBOSE = False
 
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
-WorkdirOption = Annotated[Optional[Path], typer.Option("--workdir", "-w", help="Work directory [default: specialize-work].")]
+
+
+def _help(key: str, note: str = "", show_default: bool = True) -> str:
+    """The help of a flag that sets the config key ``key``: the field's description, then ``note``, then the field's default
+    when it says something (not None, a flag's False or an empty list); escaped, as typer reads help as rich markup."""
+    description = config_field(key).description
+    if not description:
+        raise ValueError(f"config field {key!r} has no description to show as a flag's help")
+    default = field_default(key)
+    shown = ", ".join(map(str, default)) if isinstance(default, list) else default
+    suffix = f" [default: {shown}]" if show_default and shown not in (None, "", False, True) else ""
+    return escape(" ".join(filter(None, (description, note))) + suffix)
+
+
+def _option(key: str, *names: str, note: str = "") -> Any:
+    """A flag that sets the config key ``key``, its help from that field (see ``_help``); unset, it leaves the config as it is."""
+    return typer.Option(*names, help=_help(key, note))
+
+
+def _either(positional: Path | None, flag: Path | None, name: str) -> Path | None:
+    """A path given positionally (the older form) or by the flag ``name``: either, or both when they agree."""
+    if positional is not None and flag is not None and positional != flag:
+        raise SpecializeError(f"{name} {flag} and the positional {positional} differ: give the path once")
+    return flag if flag is not None else positional
+
+
+ConfigOption = Annotated[Optional[Path], typer.Option(
+    "--config", "-c", help="YAML config file; without it, the work directory's config.yaml when there is one.",
+)]
+WorkdirOption = Annotated[Optional[Path], _option("workdir", "--workdir", "-w")]
 SetOption = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override any config key: --set train.epochs=2 (repeatable).")
 ]
 ForceOption = Annotated[bool, typer.Option("--force", help="Rerun even if the stage is up to date.")]
-ForceTrainOption = Annotated[Optional[bool], typer.Option(
-    "--force-train", help="Train even when the teacher selection found no teacher that beats the student.",
-)]
-QueriesOption = Annotated[Optional[str], typer.Option(
-    "--queries", help="Your own queries instead of generation: .jsonl, .csv/.tsv (id and text fields) or .txt (one per line); no LLM.",
-)]
+ForceTrainOption = Annotated[Optional[bool], _option("train.force_train", "--force-train")]
+QueriesOption = Annotated[Optional[str], _option("generate.queries", "--queries")]
 
 
 def _config(config: Path | None, workdir: Path | None, sets: list[str] | None, **flags: Any) -> Config:
@@ -56,7 +82,7 @@ def _config(config: Path | None, workdir: Path | None, sets: list[str] | None, *
     command succeeds.
     """
     if config is None:
-        remembered = (workdir if workdir is not None else Path(Config().workdir)) / "config.yaml"
+        remembered = Workdir(workdir if workdir is not None else field_default("workdir")).config
         if remembered.is_file():
             config, workdir = remembered, remembered.parent
     overrides: dict[str, Any] = dict(parse_assignment(item) for item in sets or [])
@@ -68,16 +94,16 @@ def _config(config: Path | None, workdir: Path | None, sets: list[str] | None, *
 
 @app.command()
 def prepare(
-    corpus: Annotated[Optional[str], typer.Argument(help="Corpus: BEIR folder, JSONL/JSON, CSV/TSV, Parquet, .txt/.md folder, saved HF dataset, demo:<name>, beir:<name>.")] = None,
+    corpus: Annotated[Optional[str], typer.Argument(help=_help("prepare.corpus"))] = None,
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
-    max_passages: Annotated[Optional[int], typer.Option(help="Source passages to sample.")] = None,
-    max_chars: Annotated[Optional[int], typer.Option(help="Cut source passages at this many characters.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
-    skip_bad: Annotated[Optional[bool], typer.Option("--skip-bad", help="Skip and count bad records.")] = None,
-    id_field: Annotated[Optional[str], typer.Option(help="Field holding the document id.")] = None,
-    title_field: Annotated[Optional[str], typer.Option(help="Field holding the title.")] = None,
-    text_field: Annotated[Optional[str], typer.Option(help="Field holding the text.")] = None,
+    max_passages: Annotated[Optional[int], _option("prepare.max_passages")] = None,
+    max_chars: Annotated[Optional[int], _option("prepare.max_chars")] = None,
+    seed: Annotated[Optional[int], _option("prepare.seed")] = None,
+    skip_bad: Annotated[Optional[bool], _option("prepare.skip_bad", "--skip-bad")] = None,
+    id_field: Annotated[Optional[str], _option("prepare.id_field")] = None,
+    title_field: Annotated[Optional[str], _option("prepare.title_field")] = None,
+    text_field: Annotated[Optional[str], _option("prepare.text_field")] = None,
     sets: SetOption = None,
     force: ForceOption = False,
 ) -> None:
@@ -93,54 +119,46 @@ def prepare(
 
 @app.command()
 def evaluate(
-    models: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Model: HF id, path or bundled:<alias> (repeatable).")] = None,
-    datasets: Annotated[Optional[list[str]], typer.Option("--dataset", "-d", help="BEIR folder, demo:<name> or beir:<name> (repeatable).")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Qrels split to evaluate on.")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="auto, torch or torch-int8.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Encoding batch size.")] = None,
+    models: Annotated[Optional[list[str]], _option("evaluate.models", "--model", "-m", note="Repeatable.")] = None,
+    datasets: Annotated[Optional[list[str]], _option("evaluate.datasets", "--dataset", "-d", note="Repeatable.")] = None,
+    split: Annotated[Optional[str], _option("evaluate.split")] = None,
+    backend: Annotated[Optional[str], _option("evaluate.backend")] = None,
+    batch_size: Annotated[Optional[int], _option("evaluate.batch_size")] = None,
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
     sets: SetOption = None,
+    force: ForceOption = False,
 ) -> None:
     """Compare models side by side on BEIR-format test sets (nDCG@10, Recall@100, MRR@10)."""
-    from specialize.evaluate import evaluate as run_evaluate
-
     cfg = _config(
         config, workdir, sets,
         **{"evaluate.models": models or None, "evaluate.datasets": datasets or None, "evaluate.split": split,
            "evaluate.backend": backend, "evaluate.batch_size": batch_size},
     )
-    from specialize.pipeline import evaluation_targets
-
-    targets, sets_ = evaluation_targets(cfg, Path(cfg.workdir))
-    if not sets_:
-        raise SpecializeError("evaluate: no test set given (pass --dataset; the prepared corpus has no test qrels)")
-    results = run_evaluate(cfg.evaluate.model_copy(update={"models": targets, "datasets": sets_}), Path(cfg.workdir), cfg.prefixes)
-    write_resolved(cfg)
-    _print_evaluation(results)
-    console.print(f"results: {Path(cfg.workdir) / 'eval'}")
+    _stage(cfg, "evaluate", force)
 
 
-def _print_evaluation(results: dict) -> None:
+def _print_evaluation(work: Workdir) -> None:
     """One table per test set: every model's nDCG@10, Recall@100 and MRR@10."""
-    for name, result in results.items():
-        table = Table(title=f"{name} ({result['split']}: {result['queries']} queries, {result['docs']:,} docs)")
+    from specialize.records import Evaluation
+
+    for path in work.eval_files():
+        result = Evaluation.read(path)
+        table = Table(title=f"{result.dataset} ({result.split}: {result.queries} queries, {result.docs:,} docs)")
         for column in ("model", "nDCG@10", "Recall@100", "MRR@10", "backend", "seconds"):
             table.add_column(column, justify="left" if column in ("model", "backend") else "right")
-        for model_name, row in result["models"].items():
-            table.add_row(
-                model_name, *(f"{100 * row[key]:.2f}" for key in ("ndcg@10", "recall@100", "mrr@10")),
-                row["backend"], f"{row['seconds']:.0f}",
-            )
+        for model_name, row in result.models.items():
+            table.add_row(model_name, *(f"{100 * row.metric(key):.2f}" for key in ("ndcg@10", "recall@100", "mrr@10")), row.backend, f"{row.seconds:.0f}")
         console.print(table)
+    console.print(f"results: {work.root / Workdir.EVAL}")
 
 
 @app.command()
 def generate(
-    model: Annotated[Optional[str], typer.Option(help="Instruct LLM: GGUF path, HF id, bundled:<alias>, or the model a server serves.")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="auto, llama_cpp, transformers, vllm or openai.")] = None,
-    types: Annotated[Optional[str], typer.Option(help="Query types in the mixture, comma-separated: question,claim,...")] = None,
-    base_url: Annotated[Optional[str], typer.Option(help="openai backend: the server's base URL, e.g. http://localhost:8000/v1.")] = None,
+    model: Annotated[Optional[str], _option("generate.model")] = None,
+    backend: Annotated[Optional[str], _option("generate.llm.backend")] = None,
+    types: Annotated[Optional[str], _option("generate.types", note="Comma-separated.")] = None,
+    base_url: Annotated[Optional[str], _option("generate.llm.base_url")] = None,
     queries: QueriesOption = None,
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
@@ -159,8 +177,8 @@ def generate(
 
 @app.command()
 def mine(
-    retrievers: Annotated[Optional[list[str]], typer.Option("--retriever", "-r", help="bm25 or a dense model: HF id, path or bundled:<alias> (repeatable).")] = None,
-    top_k: Annotated[Optional[int], typer.Option(help="Fused candidates kept per query.")] = None,
+    retrievers: Annotated[Optional[list[str]], _option("mine.retrievers", "--retriever", "-r", note="Repeatable.")] = None,
+    top_k: Annotated[Optional[int], _option("mine.top_k")] = None,
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
     sets: SetOption = None,
@@ -173,8 +191,8 @@ def mine(
 
 @app.command()
 def label(
-    teacher: Annotated[Optional[str], typer.Option(help="auto (chosen by measurement), bm25, bi-encoder:<model>, cross-encoder:<model>, monot5:<model>, rankt5:<model>, llm-judge:<model> or ensemble:<member>=<weight>,...")] = None,
-    audit: Annotated[Optional[bool], typer.Option("--audit/--no-audit", help="Audit the teacher against the student [default: when the corpus has qrels].")] = None,
+    teacher: Annotated[Optional[str], _option("label.teacher")] = None,
+    audit: Annotated[Optional[bool], _option("label.audit", "--audit/--no-audit", note="--audit: always; --no-audit: never.")] = None,
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
     sets: SetOption = None,
@@ -186,58 +204,57 @@ def label(
     _stage(cfg, "label", force)
 
 
-def _print_audit(work: Path) -> None:
+def _print_audit(work: Workdir) -> None:
     """The audit table, and its warning in red when the teacher does not beat the student."""
-    import json
+    from specialize.records import Audit
 
-    path = work / "audit.json"
-    if not path.is_file():
+    report = Audit.read_if_there(work.audit)
+    if report is None:
         return
-    report = json.loads(path.read_text())
-    table = Table(title=f"teacher audit: {report['teacher']} vs student {report['student']}")
+    table = Table(title=f"teacher audit: {report.teacher} vs student {report.student}")
     for column in ("queries", "n", "teacher nDCG@10", "student nDCG@10", "teacher MRR@10", "student MRR@10"):
         table.add_column(column, justify="left" if column == "queries" else "right")
-    for basis, title in (("synthetic", "synthetic (source passage)"), ("qrels", "human (qrels)")):
-        if report.get(basis):
-            row = report[basis]
-            name = f"{title}, {row['split']} split" if basis == "qrels" else title
-            table.add_row(name, str(row["queries"]), *(f"{row[w][m]:.2f}" for m in ("ndcg@10", "mrr@10") for w in ("teacher", "student")))
+    for part, title in ((report.synthetic, "synthetic (source passage)"), (report.qrels, "human (qrels)")):
+        if part is not None:
+            name = f"{title}, {part.split} split" if part.split else title
+            scores = {"teacher": part.teacher, "student": part.student}
+            table.add_row(name, str(part.queries), *(f"{scores[w][m]:.2f}" for m in ("ndcg@10", "mrr@10") for w in ("teacher", "student")))
     console.print(table)
-    if report.get("warning"):
-        stderr.print(f"[bold red]WARNING:[/bold red] {escape(report['warning'])}", highlight=False, soft_wrap=True)
+    if report.warning:
+        stderr.print(f"[bold red]WARNING:[/bold red] {escape(report.warning)}", highlight=False, soft_wrap=True)
 
 
 def _print_selection(work: Path) -> None:
     """The teacher candidates' table and the choice; the no-headroom line in red."""
-    from specialize.selection import measured_columns, read_selection
+    from specialize.records import Selection
 
-    selection = read_selection(work)
+    selection = Selection.read_if_there(Workdir(work).selection)
     if selection is None:
         return
-    if selection["candidates"]:
-        measured = measured_columns(selection)
-        table = Table(title=f"teacher selection on {selection['basis']} queries (nDCG@10)")
+    if selection.candidates:
+        measured = selection.measured_columns()
+        table = Table(title=f"teacher selection on {selection.basis} queries (nDCG@10)")
         for column in ("candidate", "fit", *measured):
             table.add_column(column, justify="left" if column == "candidate" else "right", overflow="fold")
-        for row in selection["candidates"]:
+        for row in selection.candidates:
             table.add_row(row["teacher"], f"{row['fit_ndcg@10']:.2f}", *(f"{row[name]:.2f}" for name in measured))
         console.print(table)
-    for member in selection["members"]:
+    for member in selection.members:
         if member.get("skipped"):
             stderr.print(f"skipped {member['teacher']}: {member['skipped']}", highlight=False, soft_wrap=True, markup=False)
-    style = "bold red" if selection["headroom"] is False else "bold"
-    stderr.print(f"[{style}]teacher:[/{style}] {escape(selection['reason'])}", highlight=False, soft_wrap=True)
+    style = "bold red" if selection.headroom is False else "bold"
+    stderr.print(f"[{style}]teacher:[/{style}] {escape(selection.reason)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
 def train(
-    student: Annotated[Optional[str], typer.Option(help="The model to specialize: HF id, path or bundled:<alias>.")] = None,
-    loss: Annotated[Optional[str], typer.Option(help="listwise (default), infonce or marginmse.")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Training epochs.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Queries per optimizer step on each device.")] = None,
-    keep_worse: Annotated[Optional[bool], typer.Option("--keep-worse", help="Publish the trained model even if it ranks the dev lists worse than the base model.")] = None,
+    student: Annotated[Optional[str], _option("train.student")] = None,
+    loss: Annotated[Optional[str], _option("train.loss")] = None,
+    epochs: Annotated[Optional[float], _option("train.epochs")] = None,
+    batch_size: Annotated[Optional[int], _option("train.batch_size")] = None,
+    keep_worse: Annotated[Optional[bool], _option("train.keep_worse", "--keep-worse")] = None,
     force_train: ForceTrainOption = None,
-    resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue from the last checkpoint of an interrupted run.")] = None,
+    resume: Annotated[Optional[bool], _option("train.resume", "--resume")] = None,
     config: ConfigOption = None,
     workdir: WorkdirOption = None,
     sets: SetOption = None,
@@ -253,17 +270,22 @@ def train(
 
 
 @app.command()
-def report(workdir: Annotated[Path, typer.Argument(help="The work directory to report on.")] = Path("specialize-work")) -> None:
+def report(
+    workdir_path: Annotated[Optional[Path], typer.Argument(metavar="WORKDIR", help="The same as --workdir.")] = None,
+    config: ConfigOption = None,
+    workdir: WorkdirOption = None,
+) -> None:
     """Write report.md and a self-contained report.html (funnel, teacher audit, losses, evaluation)."""
-    from specialize.report import report as write_report
+    from specialize.stages.report import report as write_report
 
-    md, page = write_report(workdir)
+    md, page = write_report(Path(_config(config, _either(workdir_path, workdir, "--workdir"), None).workdir))
     console.print(f"report: {md}\n        {page}")
 
 
 @app.command()
 def run(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML config file.")] = None,
+    config_path: Annotated[Optional[Path], typer.Argument(metavar="CONFIG", help="The same as --config.")] = None,
+    config: ConfigOption = None,
     workdir: WorkdirOption = None,
     start: Annotated[Optional[str], typer.Option("--from", help="First stage to run: prepare, generate, mine, label, train or evaluate.")] = None,
     stop: Annotated[Optional[str], typer.Option("--to", help="Last stage to run.")] = None,
@@ -276,14 +298,15 @@ def run(
     force_train: ForceTrainOption = None,
 ) -> None:
     """Run every stage in order, skipping those already done; then write the report."""
+    config = _either(config_path, config, "--config")
     cfg = _config(config, workdir, sets, **{"generate.queries": queries, "train.force_train": force_train})
-    rerun = " ".join(["specialize run", *([str(config)] if config else []), "--workdir", str(cfg.workdir)])
+    rerun = " ".join(["specialize run", *(["--config", str(config)] if config else []), "--workdir", str(cfg.workdir)])
     _run_pipeline(cfg, start, stop, force, rerun, ablate_types)
 
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option("--workdir", "-w", help="Work directory.")] = Path("specialize-work/demo"),
+    workdir: Annotated[Path, typer.Option("--workdir", "-w", help=_help("workdir", show_default=False))] = Path(field_default("workdir")) / "demo",
     sets: SetOption = None,
     force: ForceOption = False,
 ) -> None:
@@ -303,7 +326,7 @@ def _run_pipeline(cfg: Config, start: str | None, stop: str | None, force: bool,
 
 def _print_result(cfg: Config, bigger: str) -> None:
     """The end of a run: the result against the base, where the model is, how to use it, how to make the run bigger."""
-    from specialize.report import result_lines
+    from specialize.stages.report import result_lines
 
     work = Path(cfg.workdir)
     model = work / cfg.train.output
@@ -319,8 +342,8 @@ def _print_result(cfg: Config, bigger: str) -> None:
                       highlight=False, soft_wrap=True, markup=False)
         console.print(f"[bold]bigger[/bold]: {bigger} --set prepare.max_passages={BIGGER_PASSAGES}  "
                       "(more queries; the method pays from about a thousand)", highlight=False, soft_wrap=True)
-    if (work / "report.md").is_file():
-        console.print(f"[bold]report[/bold]: {work / 'report.md'}, {work / 'report.html'}", highlight=False, soft_wrap=True)
+    if Workdir(work).report.is_file():
+        console.print(f"[bold]report[/bold]: {Workdir(work).report}, {Workdir(work).report_html}", highlight=False, soft_wrap=True)
 
 
 def _stage(cfg: Config, name: str, force: bool) -> None:
@@ -337,11 +360,9 @@ def _report_stage(name: str, manifest: dict, work: Path) -> None:
     _print_counts(name, manifest, work)
     if name == "label":
         _print_selection(work)
-        _print_audit(work)
+        _print_audit(Workdir(work))
     if name == "evaluate":
-        import json
-
-        _print_evaluation({path.stem: json.loads(path.read_text()) for path in sorted((work / "eval").glob("*.json"))})
+        _print_evaluation(Workdir(work))
 
 
 def _version(value: bool) -> None:
@@ -386,8 +407,7 @@ def _print_counts(stage: str, manifest: dict, workdir: Path) -> None:
             types.add_row(outcome, *(f"{value:,}" for value in values), f"{sum(values):,}")
         console.print(Padding(types, (0, 0, 0, 2), expand=False))
     if _VERBOSE:
-        path = workdir / "stages" / f"{manifest['stage']}.json"
-        console.print(f"  manifest: {path}")
+        console.print(f"  manifest: {Workdir(workdir).manifest_path(manifest['stage'])}")
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Configuration: one pydantic model per stage, loaded from YAML and overridden by CLI flags.
 
-Defaults follow arXiv 2502.19712 and 2505.19274 (see DESIGN.md). Unknown keys are errors that
+Defaults follow arXiv 2502.19712 and 2505.19274 (see docs/design.md). Unknown keys are errors that
 name the key and suggest the closest valid one.
 """
 
@@ -14,11 +14,16 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from specialize.artifacts import write_text
 from specialize.errors import SpecializeError
+from specialize.workdir import Workdir
 
-QUERY_TYPES = ("question", "claim", "keywords", "title", "web_search", "msmarco")
+BUNDLED_PROMPTS = Path(__file__).parent / "stages" / "generate" / "prompts"
+"""The bundled prompt files, one per query type (``<type>.yaml``), read by the generate stage."""
+QUERY_TYPES = tuple(sorted(path.stem for path in BUNDLED_PROMPTS.glob("*.yaml")))
+"""The bundled query types, the default mixture: one per prompt file."""
 Backend = Literal["auto", "torch", "torch-int8"]
 
 
@@ -36,17 +41,20 @@ class PrefixConfig(StrictModel):
 class PrepareConfig(StrictModel):
     """Load, validate, deduplicate and sample the corpus."""
 
-    corpus: str | None = Field(None, description="Corpus path, or demo:<name> / beir:<name>.")
-    id_field: str | None = None
-    title_field: str | None = None
-    text_field: str | None = None
+    corpus: str | None = Field(
+        None, description="Corpus: a BEIR folder, JSONL/JSON, CSV/TSV or Parquet records, a saved HF dataset, a document file or "
+        "folder (PDF, Word, HTML, Markdown, text), demo:<name> or beir:<name>.",
+    )
+    id_field: str | None = Field(None, description="Field holding the document id.")
+    title_field: str | None = Field(None, description="Field holding the title.")
+    text_field: str | None = Field(None, description="Field holding the text.")
     skip_bad: bool = Field(False, description="Skip and count bad records instead of stopping at the first.")
     min_chars: int = Field(10, ge=0)
     dedup: bool = True
     max_passages: int = Field(100_000, ge=1, description="Source passages sampled for query generation.")
     max_chars: int = Field(2048, ge=1, description="Source passage text is cut at this many characters.")
     exclude_qrels: list[str] = Field(default_factory=list, description="Extra qrels whose relevant docs are never sampled.")
-    seed: int = 42
+    seed: int = Field(42, description="Sampling seed.")
     chunk: bool | None = Field(
         None, description="Cut documents into passages of the student's tokens. None: on, except for a BEIR folder (passages "
         "already, judged whole by its qrels); document files are always cut, records only when too long to read whole.",
@@ -69,7 +77,8 @@ class LLMConfig(StrictModel):
     """How an instruct LLM runs (query generation, the LLM judge)."""
 
     backend: Literal["auto", "llama_cpp", "transformers", "vllm", "openai"] = Field(
-        "auto", description="auto: llama_cpp for a GGUF or bundled model, vllm on a GPU when installed, else transformers."
+        "auto", description="auto (llama_cpp for a GGUF or bundled model, vllm on a GPU when installed, else transformers), "
+        "llama_cpp, transformers, vllm or openai.",
     )
     chat_template: str | None = Field(
         None, description="A Jinja chat template (text, or a path to a file) for a model that has none; None: the model's own."
@@ -106,7 +115,7 @@ class GenerateConfig(StrictModel):
     temperature: float = Field(0.8, ge=0)
     max_new_tokens: int = Field(50, ge=1)
     passage_tokens: int = Field(384, ge=16, description="The passage is cut to this many tokens (of the LLM) in the prompt.")
-    min_chars: int = Field(5, ge=1, description="Shorter queries are dropped.")
+    min_chars: int = Field(5, ge=1, description="Shorter queries are dropped (replies such as yes, N/A or none rather than searches).")
     max_chars: int = Field(300, ge=1, description="Longer queries are dropped.")
     max_copied_words: int = Field(10, ge=2, description="Drop a query that copies this many consecutive words of its passage.")
     max_copied_prompt_words: int = Field(
@@ -116,7 +125,10 @@ class GenerateConfig(StrictModel):
         2, ge=0, description="Sample a prompt again, with a new seed, while its reply would be dropped for itself "
         "(empty, too short or long, copying the passage, the prompt or an example); on llama.cpp a retry costs only its new tokens.",
     )
-    block: int = Field(8, ge=1, description="Prompts of one type per backend call (llama.cpp decodes up to llm.batch_size of them side by side); a kill loses at most one block.")
+    block: int = Field(
+        8, ge=1, description="Prompts of one type per backend call (llama.cpp decodes up to llm.batch_size of them side by side); "
+        "a kill loses at most one block.",
+    )
     seed: int = 42
 
 
@@ -233,7 +245,8 @@ class TrainConfig(StrictModel):
         "listwise", description="listwise: KL + 0.1 x masked InfoNCE (the papers'); infonce and marginmse: baselines."
     )
     teacher_temperature: float = Field(
-        0.05, gt=0, description="Softmax temperature of the teacher's [0, 1] scores (measured: 0.05; the papers' 0.3, set for cross-encoder logits, flattens them).",
+        0.05, gt=0, description="Softmax temperature of the teacher's [0, 1] scores (measured: 0.05; the papers' 0.3, set for "
+        "cross-encoder logits, flattens them).",
     )
     student_temperature: float = Field(
         0.05, gt=0, description="Softmax temperature of the student's cosines (also the infonce baseline's temperature)."
@@ -242,7 +255,8 @@ class TrainConfig(StrictModel):
     infonce_temperature: float = Field(0.01, gt=0, description="listwise: temperature of the InfoNCE term.")
     false_negative_ratio: float | None = Field(
         0.6, ge=0, le=1,
-        description="Mask a query's own passages scoring above this share of its top score out of the InfoNCE negatives (listwise and infonce); None: mask none.",
+        description="Mask a query's own passages scoring above this share of its top score out of the InfoNCE negatives "
+        "(listwise and infonce); None: mask none.",
     )
     passages_per_query: int = Field(20, ge=2, description="The teacher's top passages per query trained on.")
     types: list[str] | None = Field(None, min_length=1, description="Train only on the queries of these types (the ablation); None: every type.")
@@ -251,14 +265,16 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(0.01, ge=0)
     warmup_epochs: float = Field(0.5, ge=0, description="Linear warmup over this many epochs, then linear decay to 0.")
     max_grad_norm: float = Field(1.0, gt=0)
-    epochs: float | None = Field(None, gt=0, description="None: 1 for a full fine-tune, 3 for the query side.")
+    epochs: float | None = Field(None, gt=0, description="Training epochs; None: 1 for a full fine-tune, 3 for the query side.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(32, ge=1, description="Queries per optimizer step on each device (each with passages_per_query passages).")
     mini_batch_size: int | None = Field(
         None, ge=1, description="Gradient caching: texts embedded per forward pass when smaller than batch_size; None: no caching."
     )
     query_max_length: int = Field(64, ge=1, description="Query tokens kept (capped by the model's own limit).")
-    passage_max_length: int = Field(512, ge=1, description="full mode: passage tokens kept (capped by the model's own limit); query mode uses the base's cached embeddings.")
+    passage_max_length: int = Field(
+        512, ge=1, description="full mode: passage tokens kept (capped by the model's own limit); query mode uses the base's cached embeddings.",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU that supports it, else fp32.")
     eval_steps: float = Field(0.1, gt=0, description="Dev loss and a checkpoint every this many steps (< 1: this share of the run).")
     logging_steps: float = Field(0.01, gt=0, description="Training loss logged every this many steps (< 1: this share of the run).")
@@ -285,11 +301,15 @@ class TrainConfig(StrictModel):
 class EvaluateConfig(StrictModel):
     """Retrieval evaluation on BEIR-format test sets."""
 
-    models: list[str] = Field(default_factory=list, description="Models to compare; empty: the student before and after training.")
-    datasets: list[str] = Field(default_factory=list, description="BEIR test sets; empty: the corpus source, when it has qrels for the split.")
-    split: str = "test"
-    backend: Backend = Field("auto", description="auto: the fastest CPU backend measured to lose < 0.3 nDCG@10.")
-    batch_size: int = Field(64, ge=1)
+    models: list[str] = Field(
+        default_factory=list, description="Models to compare (HF id, path or bundled:<alias>); empty: the student before and after training.",
+    )
+    datasets: list[str] = Field(
+        default_factory=list, description="BEIR test sets (folder, demo:<name> or beir:<name>); empty: the corpus source, when it has qrels for the split.",
+    )
+    split: str = Field("test", description="Qrels split to evaluate on.")
+    backend: Backend = Field("auto", description="auto (the fastest CPU backend measured to lose < 0.3 nDCG@10), torch or torch-int8.")
+    batch_size: int = Field(64, ge=1, description="Encoding batch size.")
     max_seq_length: int | None = Field(None, description="None: the model's own limit.")
     top_k: int = Field(100, ge=10, description="Depth of the retrieved lists (Recall@100 needs 100).")
     ignore_identical_ids: bool = Field(True, description="Drop a retrieved doc whose id equals the query id (BEIR/MTEB).")
@@ -298,7 +318,7 @@ class EvaluateConfig(StrictModel):
 class Config(StrictModel):
     """The whole run: a work directory and one section per stage."""
 
-    workdir: Path = Path("specialize-work")
+    workdir: Path = Field(Path("specialize-work"), description="Work directory: every stage's files and the resolved config.yaml.")
     prefixes: dict[str, PrefixConfig] = Field(
         default_factory=dict, description="Per-model query/passage prefixes, overriding the built-in table."
     )
@@ -308,6 +328,23 @@ class Config(StrictModel):
     label: LabelConfig = Field(default_factory=LabelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+
+def config_field(key: str) -> FieldInfo:
+    """The field a dotted config key names: ``prepare.max_passages`` is PrepareConfig's ``max_passages``."""
+    section: type[BaseModel] = Config
+    *parents, name = key.split(".")
+    for part in parents:
+        annotation = section.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            raise KeyError(f"{key}: {part!r} is not a config section")
+        section = annotation
+    return section.model_fields[name]
+
+
+def field_default(key: str) -> Any:
+    """The default of a dotted config key: the one place a default is written, for the config, the CLI and the API."""
+    return config_field(key).get_default(call_default_factory=True)
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -362,7 +399,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 def write_resolved(config: Config) -> Path:
     """Write the resolved config, every default filled in, to ``<workdir>/config.yaml``."""
-    path = Path(config.workdir) / "config.yaml"
+    path = Workdir(config.workdir).config
     text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
     write_text(path, text)
     return path

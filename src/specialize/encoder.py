@@ -13,13 +13,17 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from specialize.artifacts import atomic_path, write_json
 from specialize.errors import SpecializeError
-from specialize.models import Prefixes, cache_dir, document_fingerprint, model_prefixes, resolve_loadable
+from specialize.models import Prefixes, PrefixOverrides, cache_dir, document_fingerprint, model_prefixes, resolve_loadable
 from specialize.progress import progress_bar, stderr
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 # Measured in benchmarks/bench_cpu_backends.py (benchmarks/results/cpu_backends.json): the
 # fastest backend whose SciFact nDCG@10 stays within 0.3 of torch fp32 on this hardware.
@@ -35,7 +39,7 @@ class Encoder:
     """A loaded model with the facts that make its embeddings reproducible."""
 
     name: str
-    model: object  # sentence_transformers.SentenceTransformer
+    model: SentenceTransformer
     backend: str
     prefixes: Prefixes
     fingerprint: str
@@ -43,7 +47,10 @@ class Encoder:
 
     @property
     def max_seq_length(self) -> int:
-        return int(self.model.max_seq_length)
+        length = self.model.max_seq_length
+        if length is None:  # sentence-transformers: a first module without a length limit
+            raise SpecializeError(f"{self.name}: the model has no max_seq_length")
+        return int(length)
 
     def encode(self, texts: Sequence[str], batch_size: int, kind: str) -> np.ndarray:
         """Normalized float32 embeddings of queries (``kind="query"``) or passages, with the model's prefix.
@@ -75,7 +82,7 @@ def load_encoder(
     name: str,
     backend: str = "auto",
     max_seq_length: int | None = None,
-    prefix_overrides: dict | None = None,
+    prefix_overrides: PrefixOverrides | None = None,
 ) -> Encoder:
     """Load ``name`` (HF id, path or bundled:alias) as a SentenceTransformer on ``backend``."""
     from sentence_transformers import SentenceTransformer

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 
+from pydantic import BaseModel
+
 from specialize.artifacts import fingerprint, write_json
 from specialize.errors import SpecializeError
 
@@ -392,7 +394,11 @@ _FAMILY_PREFIXES: tuple[tuple[re.Pattern[str], Prefixes], ...] = (
 )
 
 
-def model_prefixes(name: str, overrides: Mapping[str, Prefixes | Mapping[str, str]] | None = None) -> Prefixes:
+PrefixOverrides = Mapping[str, "Prefixes | Mapping[str, str] | BaseModel"]
+"""Prefixes by model name: as the config's ``prefixes`` section holds them, or plain mappings."""
+
+
+def model_prefixes(name: str, overrides: PrefixOverrides | None = None) -> Prefixes:
     """The query/passage prefixes of a model: an override, else the model's own prompts, else its family's."""
     override = _matching_override(name, overrides or {})
     if override is not None:
@@ -404,7 +410,7 @@ def model_prefixes(name: str, overrides: Mapping[str, Prefixes | Mapping[str, st
     return next((prefixes for pattern, prefixes in _FAMILY_PREFIXES if pattern.search(basename)), Prefixes())
 
 
-def _matching_override(name: str, overrides: Mapping[str, Prefixes | Mapping[str, str]]) -> Prefixes | None:
+def _matching_override(name: str, overrides: PrefixOverrides) -> Prefixes | None:
     """The override whose key equals ``name``, else the longest key contained in it (case-insensitive)."""
     lowered = name.lower()
     keys = [key for key in overrides if key.lower() in lowered]
@@ -414,6 +420,8 @@ def _matching_override(name: str, overrides: Mapping[str, Prefixes | Mapping[str
     value = overrides[key]
     if isinstance(value, Prefixes):
         return value
+    if isinstance(value, BaseModel):  # the config's PrefixConfig
+        value = value.model_dump()
     unknown = set(value) - {"query", "passage"}
     if unknown:
         raise SpecializeError(f"prefixes for {key!r}: unknown key(s) {sorted(unknown)}; use 'query' and 'passage'")

@@ -106,7 +106,7 @@ def _log_lines(label: str, total: int | None, unit: str) -> Iterator[Callable[[i
         nonlocal done, last, logged
         done += n
         since = time.monotonic() - last
-        due = bool(total) and done - logged >= LOG_SHARE * total and done < total and since >= LOG_MIN_SECONDS
+        due = bool(total and done - logged >= LOG_SHARE * total and done < total and since >= LOG_MIN_SECONDS)
         if due or since >= LOG_EVERY_SECONDS:
             last, logged = time.monotonic(), done
             stderr.print(line(), highlight=False, soft_wrap=True)

@@ -27,8 +27,8 @@ import numpy as np
 
 from specialize.config import LabelConfig, PrefixConfig
 from specialize.errors import SpecializeError
-from specialize.mine import BM25, BM25Retriever
 from specialize.models import resolve_loadable
+from specialize.retrieval import BM25, BM25Retriever
 
 MODEL_KINDS = ("bi-encoder", "cross-encoder", "monot5", "rankt5", "llm-judge")
 KINDS = ("bm25", *MODEL_KINDS, "ensemble")
@@ -275,7 +275,7 @@ class T5Teacher:
             self.token_ids = [self._single_token(word, model_name) for word in ("true", "false")]
         else:
             token = self.tokenizer.convert_tokens_to_ids("<extra_id_10>")
-            if token is None or token == self.tokenizer.unk_token_id:
+            if not isinstance(token, int) or token == self.tokenizer.unk_token_id:  # None: not in the vocabulary
                 raise SpecializeError(f"{model_name}: the tokenizer has no <extra_id_10> token (is it a RankT5 model?)")
             self.token_ids = [token]
 
@@ -407,15 +407,20 @@ def load_teacher(
         if corpus is None:
             raise SpecializeError("bm25 teacher: needs the corpus for its term statistics")
         return BM25Teacher(corpus[1])
+    model = parsed.model
+    if model is None:  # parse_teacher names a model for every other kind; a TeacherSpec built by hand may not
+        raise SpecializeError(f"{parsed.kind} teacher: needs a model name; {SYNTAX}")
     if parsed.kind == "bi-encoder":
         from specialize.encoder import load_encoder
 
-        overrides = {key: value.model_dump() for key, value in (prefixes or {}).items()}
-        return BiEncoderTeacher(load_encoder(parsed.model, config.backend, None, overrides), config.batch_size, corpus)
+        return BiEncoderTeacher(load_encoder(model, config.backend, None, prefixes), config.batch_size, corpus)
     if parsed.kind in T5Teacher.TEMPLATES:
-        return T5Teacher(parsed.kind, parsed.model, config.batch_size)
+        return T5Teacher(parsed.kind, model, config.batch_size)
     if parsed.kind == "llm-judge":
         from specialize.llm import load_llm
 
-        return LLMJudgeTeacher(load_llm(parsed.model, config.llm, config.seed))
-    return CrossEncoderTeacher(parsed.model, config.batch_size)
+        return LLMJudgeTeacher(load_llm(model, config.llm, config.seed))
+    return CrossEncoderTeacher(model, config.batch_size)
+
+
+AUTO = "auto"

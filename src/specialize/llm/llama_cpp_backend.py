@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from specialize.config import LLMConfig
 from specialize.errors import SpecializeError
 from specialize.llm import Messages, answer_token_ids, chat_template, local_model, log_odds, require, retry_seed
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_types import ChatCompletionRequestMessage
 
 HINT = "pip install llama-cpp-python==0.3.36; it builds from source in about 12 minutes"
 
@@ -67,7 +70,8 @@ class LlamaCppBackend:
 
     def render(self, messages: Messages) -> list[int]:
         """The chat template applied to ``messages`` with the generation prompt, as tokens (one BOS at most)."""
-        prompt = self.formatter(messages=messages).prompt
+        # A message is a role/content dict: the shape of llama-cpp-python's TypedDicts, which a plain dict type cannot name.
+        prompt = self.formatter(messages=cast("list[ChatCompletionRequestMessage]", messages)).prompt
         tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         bos = self.llm.token_bos()
         wants_bos = self.llm._model.add_bos_token() and bos >= 0
@@ -97,8 +101,10 @@ class LlamaCppBackend:
             if len(prompt) + max_new_tokens > self.llm.n_ctx():
                 raise SpecializeError(f"{self.name}: a prompt of {len(prompt)} tokens and {max_new_tokens} new ones exceed the "
                                       f"context ({self.llm.n_ctx()}); raise llm.context_tokens or lower generate.passage_tokens")
-        heads = [min(self.llm.longest_token_prefix(prompt, self.render(prefix)), len(prompt) - 1) if prefixes else 0
-                 for prompt, prefix in zip(tokens, prefixes or [None] * len(tokens), strict=True)]
+        if prefixes:
+            heads = [min(self.llm.longest_token_prefix(prompt, self.render(prefix)), len(prompt) - 1) for prompt, prefix in zip(tokens, prefixes, strict=True)]
+        else:
+            heads = [0] * len(tokens)
         if self._sequences is None:
             self._sequences = Sequences(self.llm, self.width)
         out: list[list[str]] = [[] for _ in prompts]
@@ -119,6 +125,7 @@ class LlamaCppBackend:
 
     def _batches(self, tokens: list[list[int]], heads: list[int], max_new_tokens: int) -> Iterator[list[int]]:
         """Runs of neighbouring prompts with the same prefix, cut at ``batch_size`` prompts or the context's cells."""
+        assert self._sequences is not None, "sample_until makes the generation context before it batches"
         batch: list[int] = []
         cells = 0
         for index, prompt in enumerate(tokens):

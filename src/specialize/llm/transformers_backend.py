@@ -33,7 +33,9 @@ class TransformersBackend:
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, **options)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **options).to(self.device).eval()
+            loaded = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **options)
+            # PreTrainedModel.to is decorated with functools.wraps(nn.Module.to): mypy sees the unbound function (self first).
+            self.model = loaded.to(self.device).eval()  # type: ignore[arg-type]
         except (OSError, ValueError, ImportError) as exc:
             raise SpecializeError(f"{model}: transformers cannot load it ({str(exc).splitlines()[0]})") from None
         if not self.tokenizer.chat_template and options:

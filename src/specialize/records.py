@@ -102,6 +102,12 @@ class Manifest(Record):
     finished_at: str
 
 
+class CheckpointKey(Record):
+    """``checkpoints/run.json``: what the checkpoints beside it were trained from (a resume checks it)."""
+
+    key: str
+
+
 class AuditPart(Record):
     """Teacher vs student reranking the same lists of one query set (nDCG@10 and MRR@10, 0-100)."""
 

@@ -46,6 +46,8 @@ class Workdir:
     REPORT_HTML = "report.html"
     PLOTS = "report"
     CHECKPOINTS = "checkpoints"
+    CHECKPOINT_KEY = "run.json"
+    """Inside ``checkpoints/``: the key of the settings and data the checkpoints come from."""
     EVAL = "eval"
     VARIANTS = "variants"
     STAGES = "stages"

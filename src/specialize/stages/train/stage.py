@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from specialize.artifacts import fingerprint, finished_with_key, write_json
+from specialize.artifacts import fingerprint, finished_with_key
 from specialize.config import Config, PrefixConfig, TrainConfig
 from specialize.counts import BY_TYPE
 from specialize.datasets import JUDGED_SPLITS, judged_queries
@@ -34,7 +34,7 @@ from specialize.losses.query_side import with_linear_adapter
 from specialize.metrics import Qrels
 from specialize.models import Prefixes, model_prefixes, record_document_route
 from specialize.progress import stderr
-from specialize.records import Gate, Selection, TrainLog, TrainSummary, read_corpus, read_queries
+from specialize.records import CheckpointKey, Gate, Selection, TrainLog, TrainSummary, read_corpus, read_queries
 from specialize.stages.train.card import add_to_card, card_section, kept_base_section
 from specialize.stages.train.data import ScoredList, check_docs, list_dataset, query_side_dataset, read_lists, training_subset, type_counts
 from specialize.stages.train.gate import decide, held_out_qrels, judged_gate_queries, retrieval_ndcg
@@ -42,7 +42,6 @@ from specialize.stages.train.recipe import build_loss, collator, default_learnin
 from specialize.teachers import AUTO
 from specialize.workdir import Workdir
 
-RUN_KEY = "run.json"
 TRAINER_STATE = "trainer_state.json"
 NOT_TRAINING_SETTINGS = {"resume", "keep_worse", "force_train", "output", "report_to", "gate_min_queries", "gate_margin", "gate_confidence"}
 """TrainConfig fields that do not change what a checkpoint holds (resuming ignores them)."""
@@ -68,13 +67,13 @@ def prepare_checkpoints(folder: Path, key: str, resume: bool, is_main: bool) -> 
     if not resume:
         if is_main:
             shutil.rmtree(folder, ignore_errors=True)
-            write_json(folder / RUN_KEY, {"key": key})
+            CheckpointKey(key=key).write(folder / Workdir.CHECKPOINT_KEY)
         return None
-    saved = json.loads((folder / RUN_KEY).read_text()) if (folder / RUN_KEY).is_file() else {}
+    saved = CheckpointKey.read_if_there(folder / Workdir.CHECKPOINT_KEY)
     found = sorted((path for path in folder.glob("checkpoint-*") if path.is_dir() and path.name[11:].isdigit()), key=lambda path: int(path.name[11:]))
     if not found:
         raise SpecializeError(f"{folder}: no checkpoint to resume from; run without --resume")
-    if saved.get("key") != key:
+    if saved is None or saved.key != key:
         raise SpecializeError(f"{folder}: the checkpoints come from another train config or other data; run without --resume to start afresh")
     complete = [path for path in found if _complete_checkpoint(path)]
     for path in found:

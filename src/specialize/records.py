@@ -134,7 +134,8 @@ class Selection(Record):
     student: str
     chosen: str
     weights: dict[str, float]
-    best_fit: str | None
+    best_fit: str | None = None
+    """The best fit before the one-standard-error rule (absent from selections made before it)."""
     basis: str
     fit_queries: int
     measure_queries: int

@@ -45,6 +45,7 @@ RECIPES = {
     "query-listwise-batchneg": {**QUERY_SIDE, "loss": "listwise", "teacher_temperature": 0.3, "corpus_negatives": False},
     "query-infonce": {**QUERY_SIDE, "loss": "infonce"},
     "query-listwise-t0.05": {**QUERY_SIDE, "loss": "listwise", "teacher_temperature": 0.05},
+    "query-listwise-t0.05-lr3e-5": {**QUERY_SIDE, "loss": "listwise", "teacher_temperature": 0.05, "learning_rate": 3e-5},
     "query-listwise-lr3e-5-1ep": {**QUERY_SIDE, "loss": "listwise", "teacher_temperature": 0.3, "learning_rate": 3e-5, "epochs": 1},
     **{f"query-listwise-t0.05-{size}q": {**QUERY_SIDE, "loss": "listwise", "teacher_temperature": 0.05, "max_queries": size} for size in (100, 300)},
     "adapter-listwise-t0.05": {**QUERY_SIDE, "adapter": "linear", "loss": "listwise", "teacher_temperature": 0.05, "learning_rate": 1e-3},

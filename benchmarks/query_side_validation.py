@@ -34,6 +34,11 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "adapter": (RECIPES["adapter-listwise-t0.05"], {}),
     "infonce": (RECIPES["query-infonce"], {}),
     "student-heavy-teacher": (BASE, {"label.teacher": STUDENT_HEAVY}),
+    "lr1e-5": ({**BASE, "learning_rate": 1e-5}, {}),
+    "lr3e-5-no-early-stop": ({**BASE, "learning_rate": 3e-5, "early_stopping_patience": None}, {}),
+    "lr1e-5-no-early-stop": ({**BASE, "learning_rate": 1e-5, "early_stopping_patience": None}, {}),
+    "lr3e-5-t0.3": ({**BASE, "learning_rate": 3e-5, "teacher_temperature": 0.3}, {}),
+    "lr3e-5-infonce": ({**RECIPES["query-infonce"], "learning_rate": 3e-5}, {}),
 }
 """name -> (train settings, label overrides): the generated fixture's query types are keywords 203, title 199,
 question 194, web_search 176, msmarco 165, claim 134; SciFact's test and train queries are claims."""

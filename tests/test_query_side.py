@@ -172,11 +172,11 @@ def test_the_query_side_loss_is_the_list_loss_over_the_looked_up_passages():
         QuerySideLoss(inner, corpus)([{"x": query}, {"x": query}], labels)
 
 
-def test_the_query_side_defaults_to_twice_the_rate_and_three_epochs():
+def test_the_query_side_defaults_to_a_lower_rate_and_three_epochs():
     from specialize.config import TrainConfig
     from specialize.stages.train.recipe import default_learning_rate, epochs
 
-    assert default_learning_rate(22_700_000, "query") == 1e-4 and default_learning_rate(22_700_000) == 5e-5
+    assert default_learning_rate(22_700_000, "query") == pytest.approx(3e-5) and default_learning_rate(22_700_000) == 5e-5
     assert epochs(TrainConfig()) == 3 and epochs(TrainConfig(mode="full")) == 1 and epochs(TrainConfig(epochs=0.5)) == 0.5
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -76,9 +75,9 @@ def human_queries(path: Path) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def labelled_workdir(dataset: str, source: str, work: Path, extra: dict | None = None):
+def labelled_workdir(dataset: str, source: str, work: Path, extra: dict | None = None, keep=None):
     """Prepare (the whole corpus), the queries, mine and label: the Config of the run, the lists written once.
-    ``extra``: more config overrides (e.g. the teacher)."""
+    ``extra``: more config overrides (e.g. the teacher); ``keep``: which generated queries to use (the records -> those kept)."""
     from specialize.pipeline import DEMO_CONFIG, Pipeline
 
     overrides = {
@@ -92,7 +91,8 @@ def labelled_workdir(dataset: str, source: str, work: Path, extra: dict | None =
     if source == "human":
         human_queries(queries)
     else:
-        shutil.copyfile(DATA / dataset / "queries.jsonl", queries)
+        rows = [json.loads(line) for line in (DATA / dataset / "queries.jsonl").read_text().splitlines()]
+        queries.write_text("".join(json.dumps(row) + "\n" for row in (keep(rows) if keep else rows)))
     manifests = pipeline.run(start="mine", stop="label")
     return pipeline.config, {stage: manifest["counts"] for stage, manifest in manifests.items()}
 

@@ -80,3 +80,8 @@ def test_report_of_a_partial_workdir_and_the_cli(workdir, tmp_path):
     result = cli("report", str(workdir))
     assert result.returncode == 0 and "report.html" in result.stdout
     assert_one_line_error(cli("report", str(tmp_path / "nothing")), "not a work directory")
+
+
+def test_a_record_that_is_not_what_its_writer_writes_is_one_line_naming_the_file(workdir):
+    (workdir / "train.json").write_text('{"student": "bundled:minilm", "published": "trained"}')  # fields missing
+    assert_one_line_error(cli("report", str(workdir)), "train.json: not a valid TrainSummary record", "Field required")

@@ -77,7 +77,7 @@ class Record(BaseModel):
             return cls.model_validate_json(path.read_bytes())
         except ValueError as error:
             first = str(error).splitlines()
-            raise SpecializeError(f"{path}: not a {cls.__name__} record ({'; '.join(first[:3])})") from None
+            raise SpecializeError(f"{path}: not a valid {cls.__name__} record ({'; '.join(first[:3])})") from None
 
     @classmethod
     def read_if_there(cls, path: Path) -> Self | None:

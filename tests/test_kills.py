@@ -26,6 +26,8 @@ from specialize.config import load_config
 from specialize.pipeline import PLANS, STAGES
 from specialize.workdir import Workdir
 
+pytestmark = pytest.mark.slow  # about four minutes of child processes: `make test-slow`, which CI runs after `make test`
+
 HELPER = Path(__file__).with_name("kill_at.py")
 SMALL = {"prepare.max_passages": 6, "label.query_block": 2, "train.max_steps": 3, "train.keep_worse": True}
 RENAME = "os:replace"

@@ -80,6 +80,7 @@ def test_real_minilm_on_a_scifact_slice(tmp_path, scifact_slice, minilm, monkeyp
     assert again["ndcg@10"] == row["ndcg@10"] and calls == ["query"]
 
 
+@pytest.mark.slow  # a kill and a resume, with the kills of test_kills.py
 def test_killed_encode_resumes_from_its_last_chunk(scifact_slice, minilm, monkeypatch, tmp_path):
     monkeypatch.setenv("SPECIALIZE_CACHE", str(tmp_path))
     monkeypatch.setattr(encoder_module, "CHUNK_DOCS", 64)

@@ -56,6 +56,7 @@ def test_stage_range_and_errors():
         stage_range("train", "mine")
 
 
+@pytest.mark.slow  # a kill and a resume, with the kills of test_kills.py
 def test_run_end_to_end_with_a_kill_and_a_resume(tmp_path, scifact_slice, gemma_llama_cpp, monkeypatch):
     import specialize.stages.generate.stage as generate_stage
 

@@ -2,19 +2,22 @@
 
 For each bundled LLM, ``--prompts`` SciFact abstracts (prepare's seeded sample) are cut into
 chunks of ``--chunk`` (one example group), and chunk by chunk every side writes a query for each,
-alternating so that a change in the machine's load hits all alike, on the same ``Llama``:
+alternating so that a change in the machine's load hits all alike (one ``Llama`` per weights and attention):
 
 * **shipped**: the generate stage with its defaults: the prompts of one type in a group of
   ``few_shot_group`` passages show the same examples and go to the backend in blocks of one type;
   their shared prefix is evaluated once and up to ``llm.batch_size`` replies are decoded side by
-  side; the passage is cut at ``passage_tokens`` (384);
-* **one at a time**: the same with ``llm.batch_size: 1`` (one reply decoded at a time);
-* **passage 256** / **passage 192**: the shipped stage with the passage cut at 256 or 192 tokens;
-* **per passage**: ``few_shot_group: 1``, ``batch_size: 1``: examples drawn per passage, each
-  prompt read whole, one reply at a time: the stage as it was when generation measured 0.24
-  queries/s;
+  side; attention is flash attention, and the passage is cut at ``passage_tokens`` (256; claims 384);
+* **no flash attention** / **passage 384**: the shipped stage less one of this round's speed-ups
+  (plain attention; every type's passage at 384 tokens);
+* **before**: the shipped stage less both: the stage before this round (0.404 queries/s);
+* **per passage**: ``before`` with ``few_shot_group: 1``, ``batch_size: 1``: examples drawn per
+  passage, each prompt read whole, one reply at a time: the stage as it was when generation
+  measured 0.24 queries/s, the baseline of the speed-up asked for;
+* **requantized IQ4_NL**: the shipped stage on the weights requantized to IQ4_NL
+  (``llm.requantize: iq4_nl``, an option: it costs yield, ``prompts.md``);
 * **bare**: a loop of ``llama_cpp.Llama.create_chat_completion`` over the shipped side's chat
-  messages and seeds in its order, with llama-cpp-python's own prefix reuse between prompts.
+  messages and seeds in its order, on its weights, with llama-cpp-python's own prefix reuse.
 
 Tokens are counted by tokenizing each reply with the model's own tokenizer, the same way on every
 side; the stage runs with ``retries: 0`` here, doing what the bare loop does. Then the cost of a
@@ -88,12 +91,13 @@ def use_width(llm, width: int) -> None:
     llm.width, llm._sequences = width, None
 
 
-SIDES = {  # name: (few_shot_group (None: --chunk), llm.batch_size (None: its default), passage_tokens (None: its default))
-    "shipped": (None, None, None),
-    "one_at_a_time": (None, 1, None),
-    "passage_256": (None, None, 256),
-    "passage_192": (None, None, 192),
-    "per_passage": (1, 1, None),
+SIDES = {  # name: GenerateConfig fields and LLMConfig fields that differ from the stage's defaults
+    "shipped": ({}, {}),
+    "no_flash_attention": ({}, {"flash_attention": False}),
+    "passage_384": ({"passage_tokens": 384}, {}),
+    "before": ({"passage_tokens": 384}, {"flash_attention": False}),
+    "per_passage": ({"passage_tokens": 384, "few_shot_group": 1}, {"flash_attention": False, "batch_size": 1}),
+    "requantized_iq4_nl": ({}, {"requantize": "iq4_nl"}),
 }
 
 
@@ -104,13 +108,15 @@ def measure(model: str, passages: list[dict], chunk: int, threads: int, retry_pr
     from specialize.llm import load_llm
     from specialize.stages.generate.stage import generate
 
-    configs, widths = {}, {}
-    for side, (group, width, cut) in SIDES.items():
-        llm_config = LLMConfig(threads=threads, **({"batch_size": width} if width else {}))
-        configs[side] = GenerateConfig(model=model, llm=llm_config, few_shot_group=group or chunk, retries=0,
-                                       **({"passage_tokens": cut} if cut else {}))
-        widths[side] = llm_config.batch_size
-    llm = load_llm(model, configs["shipped"].llm, configs["shipped"].seed)
+    configs = {side: GenerateConfig(model=model, llm=LLMConfig(threads=threads, **llm_fields), retries=0, **{"few_shot_group": chunk, **fields})
+               for side, (fields, llm_fields) in SIDES.items()}
+    loaded: dict[tuple, object] = {}  # one Llama per weights and attention; each side sets its own width on it
+    for config in configs.values():
+        key = (config.llm.requantize, config.llm.flash_attention)
+        if key not in loaded:
+            loaded[key] = load_llm(model, config.llm, config.seed)
+    llm_of = {side: loaded[(config.llm.requantize, config.llm.flash_attention)] for side, config in configs.items()}
+    llm = llm_of["shipped"]
     tokens = lambda text: len(llm.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))  # noqa: E731
     seconds = dict.fromkeys([*configs, "bare"], 0.0)
     replied = dict.fromkeys(seconds, 0)
@@ -118,12 +124,12 @@ def measure(model: str, passages: list[dict], chunk: int, threads: int, retry_pr
     with tempfile.TemporaryDirectory() as folder:
         for start in range(0, len(passages), chunk):
             for side, config in configs.items():
-                use_width(llm, widths[side])
+                use_width(llm_of[side], config.llm.batch_size)
                 work = Path(folder) / f"{side}{start}"
                 work.mkdir()
                 (work / "passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages[start : start + chunk]))
                 began = time.perf_counter()
-                generate(work, config, llm=llm)
+                generate(work, config, llm=llm_of[side])
                 seconds[side] += time.perf_counter() - began
                 replied[side] += sum(tokens(r["raw"]) for r in read_jsonl(work / "generations.jsonl"))
                 prompt_tokens[side] += sum(len(llm.render(m)) for m in stage_messages(work, config, llm)[0])
@@ -137,15 +143,17 @@ def measure(model: str, passages: list[dict], chunk: int, threads: int, retry_pr
             seconds["bare"] += time.perf_counter() - began
             replied["bare"] += sum(tokens(r["choices"][0]["message"]["content"] or "") for r in replies)
         messages, seeds = stage_messages(Path(folder) / "shipped0", configs["shipped"], llm)
-    use_width(llm, widths["shipped"])
+    use_width(llm, configs["shipped"].llm.batch_size)
     n = len(passages)
+    shipped = configs["shipped"]
     return {
-        "model": model, "prompts": n, "batch_size": widths["shipped"], "passage_tokens": configs["shipped"].passage_tokens,
+        "model": model, "prompts": n, "batch_size": shipped.llm.batch_size, "passage_tokens": shipped.passage_tokens,
+        "flash_attention": shipped.llm.flash_attention,
         **{f"{side}_prompt_tokens_mean": round(prompt_tokens[side] / n) for side in configs},
         **{f"{side}_q_per_s": round(n / seconds[side], 3) for side in seconds},
         **{f"{side}_tok_per_s": round(replied[side] / seconds[side], 2) for side in seconds},
         **{f"shipped_over_{side}": round(seconds[side] / seconds["shipped"], 2) for side in seconds if side != "shipped"},
-        **retry_cost(llm, messages[:retry_prompts], seeds[:retry_prompts], configs["shipped"]), "peak_rss_mb": round(peak_rss_mb(), 1),
+        **retry_cost(llm, messages[:retry_prompts], seeds[:retry_prompts], shipped), "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 

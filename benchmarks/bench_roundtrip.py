@@ -16,7 +16,7 @@ just the first ``--passages`` (its queries for those passages), so that a genera
 fewer passages is compared on the same ones.
 
     python benchmarks/bench_roundtrip.py [--generator bundled:qwen-0.5b] [--passages 200] [--retries 2] [--passage-tokens 256] [--label baseline] [--attempt 2]
-                                         [--compare bundled:qwen-0.5b]
+                                         [--requantize iq4_nl] [--compare bundled:qwen-0.5b]
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ SAMPLE = 200
 MEAN_COLUMNS = ("bm25@20 %", "minilm@20 %", "either %", "both %", "yield %", "first: either %", "first: yield %")
 
 
-def workdir_for(root: Path, generator: str, kind: str, prompt: object, passages: int, retries: int, passage_tokens: int) -> Path:
-    """The cached work directory of one generator, type, prompt of that type, number of retries and passage cut."""
-    digest = hashlib.sha256(repr((prompt, retries, passage_tokens)).encode()).hexdigest()[:10]
+def workdir_for(root: Path, generator: str, kind: str, prompt: object, passages: int, config) -> Path:
+    """The cached work directory of one generator, type, prompt of that type, number of retries, passage cut and weights."""
+    settings = (prompt, config.retries, config.passage_tokens, config.llm.requantize, config.llm.flash_attention)
+    digest = hashlib.sha256(repr(settings).encode()).hexdigest()[:10]
     return root / generator.replace(":", "_").replace("/", "_") / f"{kind}-{digest}-{passages}"
 
 
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads, decode and prompt (1 is fastest on a busy 2-core machine)")
     parser.add_argument("--retries", type=int, default=None, help="generate.retries (default: its default); first-attempt figures are shown beside")
     parser.add_argument("--passage-tokens", type=int, default=None, help="generate.passage_tokens (default: its default)")
+    parser.add_argument("--requantize", default=None, help="llm.requantize (default: none, the weights as they are)")
     parser.add_argument("--label", default="", help="what this attempt changed, saved with the figures")
     parser.add_argument("--compare", default=None, help=f"a generator whose cached {SAMPLE}-passage run is scored on the same first --passages passages")
     parser.add_argument("--attempt", default="", help="results go to roundtrip_<generator>_<attempt>.json (default: roundtrip_<generator>.json)")
@@ -118,10 +120,12 @@ def main() -> None:
         config = config.model_copy(update={"retries": args.retries})
     if args.passage_tokens is not None:
         config = config.model_copy(update={"passage_tokens": args.passage_tokens})
+    if args.requantize:
+        config = config.model_copy(update={"llm": config.llm.model_copy(update={"requantize": args.requantize})})
     compare = {}  # the other generator's finished full-sample work directory per type, checked before any work
     if args.compare:
         for kind in kinds:
-            work = workdir_for(root, args.compare, kind, bank[kind], SAMPLE, config.retries, config.passage_tokens)
+            work = workdir_for(root, args.compare, kind, bank[kind], SAMPLE, config)
             if (work / "queries.jsonl").is_file():
                 compare[kind] = work
         if not compare:
@@ -130,7 +134,7 @@ def main() -> None:
     llm = None
     rows = []
     for kind in kinds:
-        work = workdir_for(root, args.generator, kind, bank[kind], args.passages, config.retries, config.passage_tokens)
+        work = workdir_for(root, args.generator, kind, bank[kind], args.passages, config)
         work.mkdir(parents=True, exist_ok=True)
         (work / "passages.jsonl").write_text("".join(passages))
         started = time.perf_counter()
@@ -143,11 +147,13 @@ def main() -> None:
             "type": kind, "passages": counts["passages"], "retried": counts["retried"], "recovered": counts["recovered"],
             **score(retrievers, position, work, sources),
             "dropped": ", ".join(f"{reason} {n}" for reason, n in dropped.items()) or "-",
+            "passage_tokens": bank[kind].passage_tokens or config.passage_tokens,
             "q/s": counts["queries_per_second"], "gen_s": round(seconds, 1) if counts["generated_now"] else 0.0,
         })
     mean = report(f"round trip @{DEPTH}, {args.generator}, {args.passages} SciFact passages per type", rows)
     results = {"generator": args.generator, "passages": args.passages, "depth": DEPTH, "label": args.label, "prompts": args.prompts,
-               "threads": args.threads, "retries": config.retries, "passage_tokens": config.passage_tokens, "rows": rows, "mean": mean}
+               "threads": args.threads, "retries": config.retries, "passage_tokens": config.passage_tokens,
+               "requantize": config.llm.requantize, "flash_attention": config.llm.flash_attention, "rows": rows, "mean": mean}
     if compare:
         compared = [{"type": kind, **score(retrievers, position, work, sources)} for kind, work in compare.items()]
         title = f"the same {args.passages} passages, {args.compare} (from its {SAMPLE}-passage run)"

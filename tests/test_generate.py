@@ -18,7 +18,7 @@ from specialize.errors import SpecializeError
 from specialize.llm import load_llm, retry_seed
 from specialize.stages.generate.cleaning import copies_passage
 from specialize.stages.generate.prompts import WORDS_PER_TOKEN, assign_types, load_prompt_types
-from specialize.stages.generate.stage import GENERATION_DROPS, generate, passage_seed, passage_text, query_id
+from specialize.stages.generate.stage import GENERATION_DROPS, Mixture, generate, passage_messages, passage_seed, passage_text, query_id
 
 BUNDLED = load_prompt_types()
 # Tiny prompts and replies: gemma-270m on 2 busy cores takes seconds per prompt.
@@ -360,6 +360,17 @@ def test_the_title_type_sees_the_passage_without_its_title(tmp_path):
         generate(_write_passages(tmp_path / kind, docs), GenerateConfig(types=[kind], retries=0), llm=Recorder({}))
     shown = [text.rsplit("Passage: ", 1)[1] for text in asked.values()]
     assert shown == [f"{OCTOPUS}\nQuery:", f"Octopus neurons. {OCTOPUS}\nQuery:"]
+
+
+def test_claims_read_more_of_the_passage_than_the_other_types():
+    words = " ".join(f"w{i}" for i in range(1000))
+    mixture, count = Mixture(GenerateConfig()), lambda text: len(text.split())
+    shown = {kind: passage_messages({"_id": "d", "title": "", "text": words}, kind, "group-0", mixture, GenerateConfig(), count)[-1]["content"]
+             for kind in ("claim", "question")}
+    cut = {kind: len(text.rsplit("Passage: ", 1)[1].split()) - 1 for kind, text in shown.items()}  # less the "Query:" line
+    assert cut == {"claim": 384, "question": GenerateConfig().passage_tokens} and GenerateConfig().passage_tokens == 256
+    assert passage_messages({"_id": "d", "title": "", "text": words}, "question", "group-0", mixture, GenerateConfig(passage_tokens=100), count)[-1][
+        "content"].rsplit("Passage: ", 1)[1].split()[-2] == "w99"
 
 
 def test_seeds_and_qids_depend_only_on_the_passage():

@@ -106,6 +106,32 @@ def test_llama_cpp_batches_share_one_prefix_and_fit_the_context(gemma_llama_cpp)
         llm.generate([[{"role": "user", "content": "word " * 1100}]], temperature=0.8, max_new_tokens=50, seeds=[1])
 
 
+def test_requantize_makes_an_iq4_nl_copy_once_and_runs_it(tmp_path):
+    import llama_cpp
+
+    from specialize.llm.llama_cpp_backend import requantized
+    from specialize.models import resolve_model
+
+    file_type = lambda path: int(llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False).metadata["general.file_type"])  # noqa: E731
+    source = resolve_model("bundled:gemma-270m")
+    assert requantized(source, None, threads=2) == source  # the default: the file as it is
+    made = requantized(source, "iq4_nl", threads=2)
+    assert (file_type(source), file_type(made)) == (llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, llama_cpp.LLAMA_FTYPE_MOSTLY_IQ4_NL)
+    stamp = Path(made).stat().st_mtime_ns
+    assert requantized(source, "iq4_nl", threads=2) == made and Path(made).stat().st_mtime_ns == stamp  # made once
+    assert list(Path(made).parent.iterdir()) == [Path(made)]  # no leftover of the build
+    config = LLMConfig(backend="llama_cpp", chat_template=TINY_CHAT_TEMPLATE, context_tokens=512, threads=2, requantize="iq4_nl")
+    llm = load_llm("bundled:gemma-270m", config)
+    assert llm.llm.model_path == made
+    assert llm.generate([ASK], temperature=0.8, max_new_tokens=6, seeds=[1]) == llm.generate([ASK], temperature=0.8, max_new_tokens=6, seeds=[1])
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(64))
+    with pytest.raises(SpecializeError, match=r"broken.gguf: llama.cpp cannot requantize it to q8_0 \(set llm.requantize: null"):
+        requantized(str(broken), "q8_0", threads=2)
+    with pytest.raises(SpecializeError, match="broken.gguf: llama.cpp cannot load it"):
+        load_llm(str(broken), LLMConfig(backend="llama_cpp"))
+
+
 def test_sample_until_resends_only_the_rejected_prompts_with_retry_seeds():
     class Batch:
         name = "batch"

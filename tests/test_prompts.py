@@ -115,6 +115,14 @@ def test_extending_keeps_or_replaces_passage_title(tmp_path):
     assert shown.passage_title is True and shown.user == BUNDLED["title"].user
 
 
+def test_a_type_may_cut_its_passage_at_its_own_length(tmp_path):
+    assert {kind: BUNDLED[kind].passage_tokens for kind in QUERY_TYPES if BUNDLED[kind].passage_tokens} == {"claim": 384}
+    kept = load_prompt_types([_write(tmp_path / "a", "claim.yaml", "extend: true\ndescription: Claims.\n")])["claim"]
+    assert kept.passage_tokens == 384
+    longer = load_prompt_types([_write(tmp_path / "b", "question.yaml", "extend: true\npassage_tokens: 512\n")])["question"]
+    assert longer.passage_tokens == 512 and longer.examples == BUNDLED["question"].examples
+
+
 def test_user_file_overrides_a_bundled_type_and_adds_a_new_one(tmp_path):
     folder = tmp_path / "prompts"
     folder.mkdir()
@@ -167,6 +175,8 @@ BAD_FILES = [
     ("description: x\nsystem: s\nuser: '{examples}{passage}'\n", 3, "the type has no examples"),
     ("extend: yes please\n", 1, "extend: expected true or false"),
     ("description: x\nsystem: s\nuser: '{passage}'\npassage_title: maybe\n", 4, "passage_title: expected true or false"),
+    ("description: x\nsystem: s\nuser: '{passage}'\npassage_tokens: 8\n", 4, "passage_tokens: expected a whole number of tokens, at least 16, got 8"),
+    ("description: x\nsystem: s\nuser: '{passage}'\npassage_tokens: long\n", 4, "passage_tokens: expected a whole number of tokens"),
 ]
 
 

@@ -248,9 +248,8 @@ def _bundled_path(alias: str) -> Path:
         )
     if model.installed is not None:
         return _checked(alias, model, model.installed(), owned=False)
-    final = cache_dir() / "models" / alias / model.filename
-    if not final.exists():
-        _assemble(model, final)
+    assert model.build is not None
+    final = build_once(cache_dir() / "models" / alias / model.filename, model.build)
     return _checked(alias, model, final, owned=True)
 
 
@@ -263,18 +262,25 @@ def _is_installed(requirement: str) -> bool:
         return False
 
 
-def _assemble(model: BundledModel, final: Path) -> None:
-    """Build the model in a temporary sibling folder and rename it onto ``final``."""
-    assert model.build is not None
+def build_once(final: Path, build: Callable[[Path], None]) -> Path:
+    """``final``, written by ``build`` unless it exists: in a temporary sibling folder, then renamed, so a killed build leaves nothing."""
+    if final.exists():
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent) as staging:
         built = Path(staging) / final.name
-        model.build(built)
+        build(built)
         try:
             os.replace(built, final)
         except OSError:
-            if not final.exists():  # a folder another process renamed first is as good as ours
+            if not final.exists():  # a file or folder another process renamed first is as good as ours
                 raise
+    return final
+
+
+def derived_file(source: Path, name: str, build: Callable[[Path], None]) -> Path:
+    """A file made from ``source`` by ``build`` once, cached under the source's sha256 (``cache_dir()/derived/``)."""
+    return build_once(cache_dir() / "derived" / _cached_sha256(source)[:16] / name, build)
 
 
 def _checked(alias: str, model: BundledModel, path: Path, owned: bool) -> Path:

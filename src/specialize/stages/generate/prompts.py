@@ -7,6 +7,7 @@ A prompt file ``<name>.yaml`` defines the query type ``<name>`` (the file name i
     user: |-
       the user prompt template: {passage} is the passage, {examples} the few-shot block
     passage_title: true  # optional: false shows the passage without its title (the "title" type)
+    passage_tokens: 384  # optional: this type's passage cut, in place of generate.passage_tokens
     examples:            # required exactly when the template has {examples}
       - domain: medicine # optional; the bundled bank uses it to check its variety
         passage: ...
@@ -19,7 +20,7 @@ by a blank line (nothing when no example is drawn), so a template reads
 User files are read after the bundled ones, in the order given; a folder stands for its
 ``*.yaml`` / ``*.yml`` files in name order. A file named after a type already loaded replaces it
 entirely, unless it sets ``extend: true``: then its examples are added to that type's, and any of
-description / system / user / passage_title it gives replace that type's. Any other file name
+description / system / user / passage_title / passage_tokens it gives replace that type's. Any other file name
 defines a new type.
 """
 
@@ -45,7 +46,7 @@ from specialize.config import BUNDLED_PROMPTS, field_default
 from specialize.errors import SpecializeError, located
 
 TEXT_FIELDS = ("description", "system", "user")
-FILE_FIELDS = (*TEXT_FIELDS, "passage_title", "examples", "extend")
+FILE_FIELDS = (*TEXT_FIELDS, "passage_title", "passage_tokens", "examples", "extend")
 EXAMPLE_FIELDS = ("passage", "query", "domain")
 PLACEHOLDERS = ("passage", "examples")
 WORDS_PER_TOKEN = 0.75  # rule of thumb for English with a subword tokenizer (the fallback counter)
@@ -72,6 +73,7 @@ class PromptType:
     user: str
     examples: tuple[Example, ...] = ()
     passage_title: bool = True  # whether {passage} starts with the passage's title
+    passage_tokens: int | None = None  # the type's own passage cut; None: generate.passage_tokens
 
 
 def load_prompt_types(extra: Sequence[str | Path] = ()) -> dict[str, PromptType]:
@@ -221,7 +223,8 @@ def _parse_file(path: Path, loaded: Mapping[str, PromptType]) -> PromptType:
         raise where.error(("description",), "expected one line")
     examples = (base.examples if base is not None else ()) + _examples(data.get("examples"), where)
     passage_title = _flag(data, "passage_title", base.passage_title if base is not None else True, where)
-    prompt = PromptType(path.stem, **texts, examples=examples, passage_title=passage_title)
+    passage_tokens = _tokens(data, "passage_tokens", base.passage_tokens if base is not None else None, where)
+    prompt = PromptType(path.stem, **texts, examples=examples, passage_title=passage_title, passage_tokens=passage_tokens)
     _check_template(prompt, where)
     return prompt
 
@@ -230,6 +233,13 @@ def _flag(data: Mapping[str, Any], key: str, default: bool, where: _Where) -> bo
     value = data.get(key, default)
     if not isinstance(value, bool):
         raise where.error((key,), f"expected true or false, got {reprlib.repr(value)}")
+    return value
+
+
+def _tokens(data: Mapping[str, Any], key: str, default: int | None, where: _Where) -> int | None:
+    value = data.get(key, default)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 16):
+        raise where.error((key,), f"expected a whole number of tokens, at least 16, got {reprlib.repr(value)}")
     return value
 
 

@@ -53,7 +53,7 @@ GENERATION_DROPS = (*QUERY_DROPS, "copies_example", "copies_prompt")
 USER_TYPE = "user"  # the type of a user's query whose file gives none
 GENERATION_FIELDS = {"few_shot", "few_shot_group", "temperature", "max_new_tokens", "passage_tokens", "seed", "retries"}
 CHECK_FIELDS = {"min_chars", "max_chars", "max_copied_words", "max_copied_prompt_words"}  # what decides a retry
-LLM_FIELDS = {"backend", "chat_template", "context_tokens", "batch_size"}  # those that can change the text
+LLM_FIELDS = {"backend", "chat_template", "context_tokens", "batch_size", "flash_attention", "requantize"}  # those that can change the text
 
 
 def query_id(source_id: str) -> str:
@@ -167,7 +167,7 @@ def passage_messages(
 ) -> Messages:
     """The chat messages for one passage, its type and example group, the passage cut to ``passage_tokens`` by ``count``."""
     prompt = mixture.prompts[kind]
-    passage = truncate_passage(passage_text(record, prompt.passage_title), count, config.passage_tokens)
+    passage = truncate_passage(passage_text(record, prompt.passage_title), count, prompt.passage_tokens or config.passage_tokens)
     return build_messages(prompt, passage, config.seed, key, config.few_shot)
 
 

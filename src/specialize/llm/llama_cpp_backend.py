@@ -60,11 +60,10 @@ def requantized(path: str, kind: str | None, threads: int) -> str:
     Requantizing a Q4_K_M file to IQ4_NL keeps its size and lets llama.cpp use its repacked CPU kernels:
     generation runs ~1.4x faster, at a cost in quality (``benchmarks/results/README.md``, generate).
     """
-    import llama_cpp
-    from llama_cpp._utils import suppress_stdout_stderr
-
     if kind is None:
         return path
+    import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
 
     def build(target: Path) -> None:
         params = llama_cpp.llama_model_quantize_default_params()

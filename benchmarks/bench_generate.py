@@ -1,16 +1,19 @@
 """`generate` throughput: the stage as shipped against the stage before each of its speed-ups, and a bare loop.
 
 For each bundled LLM, ``--prompts`` SciFact abstracts (prepare's seeded sample) are cut into
-chunks of ``--chunk`` (one example group), and chunk by chunk every side writes a query for each,
-alternating so that a change in the machine's load hits all alike (one ``Llama`` per weights and attention):
+chunks of ``--chunk`` (one example group), and chunk by chunk every side writes its queries for each,
+alternating so that a change in the machine's load hits all alike (one ``Llama`` per weights and attention).
+Queries/s counts the queries asked for (passages × ``queries_per_passage``):
 
-* **shipped**: the generate stage with its defaults: the prompts of one type in a group of
-  ``few_shot_group`` passages show the same examples and go to the backend in blocks of one type;
-  their shared prefix is evaluated once and up to ``llm.batch_size`` replies are decoded side by
-  side; attention is flash attention, and the passage is cut at ``passage_tokens`` (256; claims 384);
-* **no flash attention** / **passage 384**: the shipped stage less one of this round's speed-ups
-  (plain attention; every type's passage at 384 tokens);
-* **before**: the shipped stage less both: the stage before this round (0.404 queries/s);
+* **shipped**: the generate stage with its defaults: two queries per passage, sampled from the same
+  prompt, which llama.cpp reads once; the prompts of one type in a group of ``few_shot_group``
+  passages show the same examples and go to the backend in blocks of one type; their shared prefix
+  is evaluated once and up to ``llm.batch_size`` replies are decoded side by side; attention is
+  flash attention, and the passage is cut at ``passage_tokens`` (256; claims 384);
+* **one per passage**: the shipped stage with ``queries_per_passage: 1``: the stage of the last round
+  (flash attention and the passage cut, 1.77x per passage there);
+* **before**: ``one per passage`` less flash attention and the passage cut: the stage before the
+  last round (0.404 queries/s when it was measured first);
 * **per passage**: ``before`` with ``few_shot_group: 1``, ``batch_size: 1``: examples drawn per
   passage, each prompt read whole, one reply at a time: the stage as it was when generation
   measured 0.24 queries/s, the baseline of the speed-up asked for;
@@ -63,10 +66,12 @@ def stage_messages(work: Path, config, llm) -> tuple[list[list[dict]], list[int]
     position = {record["_id"]: index for index, record in enumerate(passages)}
     count = token_counter(llm)
     messages, seeds = [], []
+    asked: dict[str, int] = {}  # per passage: its queries so far (a passage's rows are in query order)
     for row in read_jsonl(work / "generations.jsonl"):
         record = passages[position[row["source_id"]]]
+        sample = asked[record["_id"]] = asked.get(record["_id"], -1) + 1
         messages.append(passage_messages(record, row["type"], example_key(position[row["source_id"]], config), mixture, config, count))
-        seeds.append(passage_seed(config.seed, record["_id"]))
+        seeds.append(passage_seed(config.seed, record["_id"], sample))
     return messages, seeds
 
 
@@ -93,10 +98,9 @@ def use_width(llm, width: int) -> None:
 
 SIDES = {  # name: GenerateConfig fields and LLMConfig fields that differ from the stage's defaults
     "shipped": ({}, {}),
-    "no_flash_attention": ({}, {"flash_attention": False}),
-    "passage_384": ({"passage_tokens": 384}, {}),
-    "before": ({"passage_tokens": 384}, {"flash_attention": False}),
-    "per_passage": ({"passage_tokens": 384, "few_shot_group": 1}, {"flash_attention": False, "batch_size": 1}),
+    "one_per_passage": ({"queries_per_passage": 1}, {}),
+    "before": ({"queries_per_passage": 1, "passage_tokens": 384}, {"flash_attention": False}),
+    "per_passage": ({"queries_per_passage": 1, "passage_tokens": 384, "few_shot_group": 1}, {"flash_attention": False, "batch_size": 1}),
     "requantized_iq4_nl": ({}, {"requantize": "iq4_nl"}),
 }
 
@@ -120,6 +124,7 @@ def measure(model: str, passages: list[dict], chunk: int, threads: int, retry_pr
     tokens = lambda text: len(llm.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))  # noqa: E731
     seconds = dict.fromkeys([*configs, "bare"], 0.0)
     replied = dict.fromkeys(seconds, 0)
+    asked = dict.fromkeys(seconds, 0)  # queries asked for: passages × queries per passage
     prompt_tokens = dict.fromkeys(configs, 0)
     with tempfile.TemporaryDirectory() as folder:
         for start in range(0, len(passages), chunk):
@@ -131,7 +136,9 @@ def measure(model: str, passages: list[dict], chunk: int, threads: int, retry_pr
                 began = time.perf_counter()
                 generate(work, config, llm=llm_of[side])
                 seconds[side] += time.perf_counter() - began
-                replied[side] += sum(tokens(r["raw"]) for r in read_jsonl(work / "generations.jsonl"))
+                rows = list(read_jsonl(work / "generations.jsonl"))
+                replied[side] += sum(tokens(r["raw"]) for r in rows)
+                asked[side] += len(rows)
                 prompt_tokens[side] += sum(len(llm.render(m)) for m in stage_messages(work, config, llm)[0])
             messages, seeds = stage_messages(Path(folder) / f"shipped{start}", configs["shipped"], llm)
             llm.llm.reset()  # the bare loop must not find our last prompt in the cache
@@ -141,18 +148,19 @@ def measure(model: str, passages: list[dict], chunk: int, threads: int, retry_pr
                 for m, s in zip(messages, seeds)
             ]
             seconds["bare"] += time.perf_counter() - began
+            asked["bare"] += len(replies)
             replied["bare"] += sum(tokens(r["choices"][0]["message"]["content"] or "") for r in replies)
         messages, seeds = stage_messages(Path(folder) / "shipped0", configs["shipped"], llm)
     use_width(llm, configs["shipped"].llm.batch_size)
-    n = len(passages)
     shipped = configs["shipped"]
+    rate = {side: asked[side] / seconds[side] for side in seconds}
     return {
-        "model": model, "prompts": n, "batch_size": shipped.llm.batch_size, "passage_tokens": shipped.passage_tokens,
-        "flash_attention": shipped.llm.flash_attention,
-        **{f"{side}_prompt_tokens_mean": round(prompt_tokens[side] / n) for side in configs},
-        **{f"{side}_q_per_s": round(n / seconds[side], 3) for side in seconds},
+        "model": model, "passages": len(passages), "queries_per_passage": shipped.queries_per_passage, "batch_size": shipped.llm.batch_size,
+        "passage_tokens": shipped.passage_tokens, "flash_attention": shipped.llm.flash_attention,
+        **{f"{side}_prompt_tokens_mean": round(prompt_tokens[side] / asked[side]) for side in configs},
+        **{f"{side}_q_per_s": round(rate[side], 3) for side in seconds},
         **{f"{side}_tok_per_s": round(replied[side] / seconds[side], 2) for side in seconds},
-        **{f"shipped_over_{side}": round(seconds[side] / seconds["shipped"], 2) for side in seconds if side != "shipped"},
+        **{f"shipped_over_{side}": round(rate["shipped"] / rate[side], 2) for side in seconds if side != "shipped"},
         **retry_cost(llm, messages[:retry_prompts], seeds[:retry_prompts], shipped), "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 

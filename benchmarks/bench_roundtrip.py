@@ -1,11 +1,11 @@
 """Round-trip rate of generated queries per query type and generator: the first quality signal of the prompts.
 
 ``prepare demo:scifact`` samples 200 abstracts (seed 42) and the first ``--passages`` of them
-are used; for each query type in turn the generate stage writes one query of that type for
+are used; for each query type in turn the generate stage writes ``queries_per_passage`` queries of that type for
 every one of those passages (the same passages for every type: ``generate.types = [type]``). A query makes the round trip when
 its source abstract is in the top 20 of BM25 and/or of MiniLM over the full SciFact corpus
 (``specialize.mine``'s retrievers, 5,183 abstracts). Rates are over the kept queries; yield is
-kept and found by either retriever, over the passages. The "first" columns count only the
+kept and found by either retriever, over the queries asked for (passages × queries per passage). The "first" columns count only the
 queries kept at their first attempt: the figures the same run would give with ``--retries 0``.
 
 Each (generator, type, prompt of that type, retries) has its own work directory in the cache, so a rerun
@@ -16,7 +16,7 @@ just the first ``--passages`` (its queries for those passages), so that a genera
 fewer passages is compared on the same ones.
 
     python benchmarks/bench_roundtrip.py [--generator bundled:qwen-0.5b] [--passages 200] [--retries 2] [--passage-tokens 256] [--label baseline] [--attempt 2]
-                                         [--requantize iq4_nl] [--compare bundled:qwen-0.5b]
+                                         [--queries-per-passage 2] [--requantize iq4_nl] [--compare bundled:qwen-0.5b]
 """
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ MEAN_COLUMNS = ("bm25@20 %", "minilm@20 %", "either %", "both %", "yield %", "fi
 
 
 def workdir_for(root: Path, generator: str, kind: str, prompt: object, passages: int, config) -> Path:
-    """The cached work directory of one generator, type, prompt of that type, number of retries, passage cut and weights."""
+    """The cached work directory of one generator, type, prompt of that type, number of retries, passage cut, weights
+    and queries per passage (left out of the name at 1, so that runs made before it existed are found)."""
     settings = (prompt, config.retries, config.passage_tokens, config.llm.requantize, config.llm.flash_attention)
+    if config.queries_per_passage != 1:
+        settings = (*settings, config.queries_per_passage)
     digest = hashlib.sha256(repr(settings).encode()).hexdigest()[:10]
     return root / generator.replace(":", "_").replace("/", "_") / f"{kind}-{digest}-{passages}"
 
@@ -56,7 +59,7 @@ def roundtrip(retrievers, position: dict[str, int], queries: list[dict]) -> dict
             "either": share(any(h) for h in hits), "both": share(all(h) for h in hits)}
 
 
-def score(retrievers, position: dict[str, int], work: Path, sources: list[str]) -> dict:
+def score(retrievers, position: dict[str, int], work: Path, sources: list[str], per_passage: int) -> dict:
     """Round-trip rates, yield and first-attempt figures of a work directory's queries for these source passages."""
     from specialize.artifacts import iter_jsonl
 
@@ -67,8 +70,8 @@ def score(retrievers, position: dict[str, int], work: Path, sources: list[str]) 
     rates, first_rates = roundtrip(retrievers, position, queries), roundtrip(retrievers, position, first)
     return {
         "kept": len(queries), "bm25@20 %": rates["bm25"], "minilm@20 %": rates["minilm"], "either %": rates["either"], "both %": rates["both"],
-        "yield %": round(rates["either"] * len(queries) / len(sources), 1),
-        "first: either %": first_rates["either"], "first: yield %": round(first_rates["either"] * len(first) / len(sources), 1),
+        "yield %": round(rates["either"] * len(queries) / (len(sources) * per_passage), 1),
+        "first: either %": first_rates["either"], "first: yield %": round(first_rates["either"] * len(first) / (len(sources) * per_passage), 1),
     }
 
 
@@ -89,6 +92,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads, decode and prompt (1 is fastest on a busy 2-core machine)")
     parser.add_argument("--retries", type=int, default=None, help="generate.retries (default: its default); first-attempt figures are shown beside")
     parser.add_argument("--passage-tokens", type=int, default=None, help="generate.passage_tokens (default: its default)")
+    parser.add_argument("--queries-per-passage", type=int, default=None, help="generate.queries_per_passage (default: its default)")
     parser.add_argument("--requantize", default=None, help="llm.requantize (default: none, the weights as they are)")
     parser.add_argument("--label", default="", help="what this attempt changed, saved with the figures")
     parser.add_argument("--compare", default=None, help=f"a generator whose cached {SAMPLE}-passage run is scored on the same first --passages passages")
@@ -120,6 +124,8 @@ def main() -> None:
         config = config.model_copy(update={"retries": args.retries})
     if args.passage_tokens is not None:
         config = config.model_copy(update={"passage_tokens": args.passage_tokens})
+    if args.queries_per_passage is not None:
+        config = config.model_copy(update={"queries_per_passage": args.queries_per_passage})
     if args.requantize:
         config = config.model_copy(update={"llm": config.llm.model_copy(update={"requantize": args.requantize})})
     compare = {}  # the other generator's finished full-sample work directory per type, checked before any work
@@ -145,7 +151,7 @@ def main() -> None:
         dropped = {reason: counts[f"dropped_{reason}"] for reason in GENERATION_DROPS if counts[f"dropped_{reason}"]}
         rows.append({
             "type": kind, "passages": counts["passages"], "retried": counts["retried"], "recovered": counts["recovered"],
-            **score(retrievers, position, work, sources),
+            **score(retrievers, position, work, sources, config.queries_per_passage),
             "dropped": ", ".join(f"{reason} {n}" for reason, n in dropped.items()) or "-",
             "passage_tokens": bank[kind].passage_tokens or config.passage_tokens,
             "q/s": counts["queries_per_second"], "gen_s": round(seconds, 1) if counts["generated_now"] else 0.0,
@@ -153,9 +159,10 @@ def main() -> None:
     mean = report(f"round trip @{DEPTH}, {args.generator}, {args.passages} SciFact passages per type", rows)
     results = {"generator": args.generator, "passages": args.passages, "depth": DEPTH, "label": args.label, "prompts": args.prompts,
                "threads": args.threads, "retries": config.retries, "passage_tokens": config.passage_tokens,
-               "requantize": config.llm.requantize, "flash_attention": config.llm.flash_attention, "rows": rows, "mean": mean}
+               "requantize": config.llm.requantize, "flash_attention": config.llm.flash_attention,
+               "queries_per_passage": config.queries_per_passage, "rows": rows, "mean": mean}
     if compare:
-        compared = [{"type": kind, **score(retrievers, position, work, sources)} for kind, work in compare.items()]
+        compared = [{"type": kind, **score(retrievers, position, work, sources, config.queries_per_passage)} for kind, work in compare.items()]
         title = f"the same {args.passages} passages, {args.compare} (from its {SAMPLE}-passage run)"
         results["compare"] = {"generator": args.compare, "rows": compared, "mean": report(title, compared)}
     name = "_".join(filter(None, ["roundtrip", args.generator.split(":")[-1], args.attempt]))

@@ -106,7 +106,7 @@ def markdown(rows: list[dict], facts: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--passages", type=int, default=300, help="sampled SciFact abstracts: one synthetic query each")
+    parser.add_argument("--passages", type=int, default=300, help="sampled SciFact abstracts: generate.queries_per_passage synthetic queries each")
     parser.add_argument("--eval-max-length", type=int, default=128,
                         help="passage tokens in the evaluation (the same for every model; 128 halves the cost of 256)")
     parser.add_argument("--workdir", type=Path, default=Path(__file__).parent / ".claims-work")

@@ -11,9 +11,11 @@ and the generate manifest to ``benchmarks/data/<dataset>/``:
 
 Training benchmarks start from these files (``benchmarks/query_side.py``) instead of waiting an hour
 on the LLM. The work directory keeps the stage's resumable partial files: a killed run continues.
+The committed fixtures were written one query per passage, before ``generate.queries_per_passage``
+(their manifests record the settings); ``--queries-per-passage 1`` writes them that way again.
 
-    python benchmarks/fixtures.py scifact --passages 1150
-    python benchmarks/fixtures.py med --passages 580
+    python benchmarks/fixtures.py scifact --passages 1150 --queries-per-passage 1
+    python benchmarks/fixtures.py med --passages 580 --queries-per-passage 1
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def source_corpus(dataset: str, work: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=sorted(SOURCES))
-    parser.add_argument("--passages", type=int, required=True, help="sampled source passages: one generated query each")
+    parser.add_argument("--passages", type=int, required=True, help="sampled source passages")
+    parser.add_argument("--queries-per-passage", type=int, default=None, help="generate.queries_per_passage (default: its default)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: benchmarks/.fixture-work/<dataset>")
     args = parser.parse_args()
 
@@ -59,6 +62,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline(DEMO_CONFIG, **{
         "workdir": str(work), "prepare.corpus": source_corpus(args.dataset, work), "prepare.max_passages": args.passages,
+        **({"generate.queries_per_passage": args.queries_per_passage} if args.queries_per_passage else {}),
     })
     manifests = pipeline.run(stop="generate")
     out = DATA / args.dataset

@@ -21,8 +21,9 @@ from specialize.stages.generate.prompts import WORDS_PER_TOKEN, assign_types, lo
 from specialize.stages.generate.stage import GENERATION_DROPS, Mixture, generate, passage_messages, passage_seed, passage_text, query_id
 
 BUNDLED = load_prompt_types()
-# Tiny prompts and replies: gemma-270m on 2 busy cores takes seconds per prompt.
-SMALL = {"few_shot": 1, "passage_tokens": 48, "max_new_tokens": 12}
+# Tiny prompts and replies: gemma-270m on 2 busy cores takes seconds per prompt. One query per passage,
+# except in the tests of several.
+SMALL = {"few_shot": 1, "passage_tokens": 48, "max_new_tokens": 12, "queries_per_passage": 1}
 
 
 def _lines(path):
@@ -128,6 +129,30 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(gemma_run, one_per_typ
     assert not list(broken.glob(".generations.jsonl.*.partial"))
 
 
+def test_a_passage_asked_twice_is_two_replies_in_one_call_and_a_kill_loses_neither(gemma, one_per_type, tmp_path):
+    docs = one_per_type[:2]
+    config = GenerateConfig(types=["msmarco"], block=3, **{**SMALL, "queries_per_passage": 2})  # a passage per call
+    whole = _write_passages(tmp_path / "whole", docs)
+    expected = generate(whole, config, llm=gemma)
+    rows = _lines(whole / "generations.jsonl")
+    assert [row["qid"] for row in rows] == [query_id(doc["_id"], sample) for doc in docs for sample in (0, 1)]
+    assert [row["qid"] for row in rows][:2] == [f"gen-{docs[0]['_id']}", f"gen-{docs[0]['_id']}~2"]
+    assert expected["passages"] == 2 and expected["generated"] == 4 and expected["generated_now"] == 4
+    assert len({passage_seed(42, doc["_id"], sample) for doc in docs for sample in (0, 1)}) == 4
+    assert passage_seed(42, docs[0]["_id"], 0) == passage_seed(42, docs[0]["_id"])  # the first query's seed is one-per-passage's
+
+    broken = _write_passages(tmp_path / "broken", docs)
+    with pytest.raises(KeyboardInterrupt):
+        generate(broken, config, llm=Killable(gemma, limit=3))  # the second passage's queries are never asked
+    (partial,) = broken.glob(".generations.jsonl.*.partial")
+    assert [row["qid"] for row in _lines(partial)] == [row["qid"] for row in rows[:2]]
+    llm = Killable(gemma)
+    resumed = generate(broken, config, llm=llm)
+    assert len(llm.asked) == 2 and resumed["generations_resumed"] == 2 and resumed["generated_now"] == 2
+    for name in ("generations.jsonl", "queries.jsonl"):
+        assert (broken / name).read_bytes() == (whole / name).read_bytes(), name
+
+
 def test_prompts_sharing_a_prefix_evaluate_it_once_and_decode_side_by_side(gemma, one_per_type):
     """Three prompts of one type and example group: the prefix once, each rest once, the replies one forward pass per token."""
     from specialize.llm.llama_cpp_backend import Sequences
@@ -148,8 +173,12 @@ def test_prompts_sharing_a_prefix_evaluate_it_once_and_decode_side_by_side(gemma
         again = gemma.sample_until(prompts, seeds=[1, 2, 3], prefixes=[prefix] * 3, **options)  # the prefix is still there
         kept = list(passes)
         passes.clear()
-        alone = gemma.sample_until(prompts, seeds=[1, 2, 3], **options)  # no prefix named: each prompt whole
+        alone = gemma.sample_until(prompts, seeds=[1, 2, 3], **options)  # no prefix named: what a prompt shares with the one before
         unshared = list(passes)
+        passes.clear()
+        greedy = {**options, "temperature": 0, "max_new_tokens": 12}
+        twice = gemma.sample_until([prompts[0], prompts[0], prompts[1]], seeds=[1, 2, 3], prefixes=[prefix] * 3, **greedy)
+        repeated = list(passes)
     finally:
         Sequences._forward = forward
     lengths = [len(gemma.render(messages)) for messages in prompts]
@@ -158,15 +187,37 @@ def test_prompts_sharing_a_prefix_evaluate_it_once_and_decode_side_by_side(gemma
     assert 100 < head < min(lengths) and shared == again and all(len(tried) == 1 and tried[0].strip() for tried in shared)
     assert evaluated(first) == head + sum(length - head - 1 for length in lengths)  # the prefix once, each rest but its last token
     assert evaluated(kept) == sum(length - head - 1 for length in lengths)
-    assert evaluated(unshared) == sum(length - 1 for length in lengths) and len(alone) == 3
+    assert evaluated(unshared) == lengths[0] - 1 + sum(length - head - 1 for length in lengths[1:]) and len(alone) == 3
     decoding = [rows for rows in first if all(logits for *_, logits in rows)]
     assert [sequence for _, sequence, _ in decoding[0]] == [0, 1, 2]  # each prompt's last token, side by side
     assert [position for position, _, _ in decoding[0]] == [length - 1 for length in lengths]
     assert len(decoding) <= 8 and max(len(rows) for rows in decoding) == 3  # a pass per new token, not per reply and token
+    # A prompt asked for twice in a row is read once: the second sequence shares the first's cells, and
+    # decodes from them what the first does (greedy).
+    assert evaluated(repeated) == head + (lengths[0] - head - 1) + (lengths[1] - head - 1)
+    assert twice[0] == twice[1] and twice[0][0].strip()
 
 
 
 # --- cleaning, with a scripted LLM --------------------------------------------------------------
+
+
+class Repeating:
+    """An LLM whose first attempt at each query of a passage is the same reply; a retry writes a new one."""
+
+    name = "repeating"
+
+    def __init__(self):
+        self.seeds = []
+
+    def count_tokens(self, text):
+        return None
+
+    def generate(self, prompts, *, temperature, max_new_tokens, seeds):
+        self.seeds.append(list(seeds))
+        titles = [messages[-1]["content"].rsplit("Passage: ", 1)[1].split(".")[0] for messages in prompts]
+        first = {passage_seed(42, f"d-{title}", sample) for title in titles for sample in (0, 1)}
+        return [f"what does the {title} passage say" + ("" if seed in first else f" again {seed}") for title, seed in zip(titles, seeds)]
 
 
 class Scripted:
@@ -207,7 +258,7 @@ DROPPED = {"empty": "empty", "short": "too_short", "long": "too_long", "echo": "
 def test_cleaning_keeps_the_query_and_counts_every_drop_by_reason_and_type(tmp_path):
     docs = [{"_id": f"d-{title}", "title": title, "text": OCTOPUS} for title in SCRIPT]
     work = _write_passages(tmp_path, docs)
-    config = GenerateConfig(types=["question", "msmarco"], type_weights={"msmarco": 3}, block=4, retries=0)
+    config = GenerateConfig(types=["question", "msmarco"], type_weights={"msmarco": 3}, block=4, retries=0, queries_per_passage=1)
     llm = Scripted(SCRIPT)
     counts = generate(work, config, llm=llm)
     kinds = dict(zip((doc["_id"] for doc in docs), assign_types([doc["_id"] for doc in docs], ["question", "msmarco"], [0.25, 0.75], 42)))
@@ -276,7 +327,7 @@ class Asking(Scripted):
 def test_a_group_of_passages_shows_one_draw_of_examples_per_type(tmp_path):
     docs = [{"_id": f"d{number}", "title": f"T{number}", "text": OCTOPUS} for number in range(12)]
     work = _write_passages(tmp_path / "groups", docs)
-    config = GenerateConfig(types=["question", "keywords"], few_shot_group=6, block=4, retries=0)
+    config = GenerateConfig(types=["question", "keywords"], few_shot_group=6, block=4, retries=0, queries_per_passage=1)
     llm = Asking()
     generate(work, config, llm=llm)
     kinds = dict(zip((doc["_id"] for doc in docs), assign_types([doc["_id"] for doc in docs], config.types, [0.5, 0.5], 42)))
@@ -301,17 +352,18 @@ def test_a_group_of_passages_shows_one_draw_of_examples_per_type(tmp_path):
     assert len(set(question)) > 1
 
 
-def test_a_generations_file_that_does_not_answer_each_passage_once_is_an_error(tmp_path):
+def test_a_generations_file_that_does_not_hold_each_query_once_is_an_error(tmp_path):
     docs = [{"_id": f"d{number}", "title": f"T{number}", "text": OCTOPUS} for number in range(3)]
     work = _write_passages(tmp_path, docs)
-    config = GenerateConfig(types=["question"], retries=0)
+    config = GenerateConfig(types=["question"], retries=0, queries_per_passage=1)
     generate(work, config, llm=Asking())
     whole = (work / "generations.jsonl").read_text()
     rows = whole.splitlines()
     key_file = work / ".generations.key"
     key = key_file.read_text().split()[0]
-    for broken, message in ((rows[:2], "no reply to passage 'd2'"), ([*rows, rows[0]], r"generations.jsonl:4: a second reply to passage 'd0'"),
-                            ([*rows, rows[0].replace('"d0"', '"d9"')], r"generations.jsonl:4: a reply to passage 'd9', which passages.jsonl")):
+    for broken, message in ((rows[:2], "no reply 'gen-d2' to passage 'd2'"),
+                            ([*rows, rows[0]], r"generations.jsonl:4: a second reply 'gen-d0' to passage 'd0'"),
+                            ([*rows, rows[0].replace('d0"', 'd9"')], r"generations.jsonl:4: a reply 'gen-d9' to passage 'd9', which passages.jsonl")):
         (work / "generations.jsonl").write_text("".join(row + "\n" for row in broken))
         # Edited, the file is generated again...
         generate(work, config.model_copy(update={"min_chars": 6}), llm=Asking())
@@ -323,12 +375,29 @@ def test_a_generations_file_that_does_not_answer_each_passage_once_is_an_error(t
             generate(work, config.model_copy(update={"min_chars": 6}), llm=Asking())
 
 
+def test_a_reply_repeating_an_earlier_one_of_its_passage_is_sampled_again(tmp_path):
+    docs = [{"_id": f"d-{title}", "title": title, "text": OCTOPUS} for title in ("alpha", "beta")]
+    work = _write_passages(tmp_path / "twice", docs)
+    config = GenerateConfig(types=["question"], queries_per_passage=2, retries=1)
+    llm = Repeating()
+    counts = generate(work, config, llm=llm)
+    seeds = [passage_seed(42, doc["_id"], sample) for doc in docs for sample in (0, 1)]
+    assert llm.seeds == [seeds, [retry_seed(seeds[1], 1), retry_seed(seeds[3], 1)]]  # only each passage's second query again
+    rows = _lines(work / "generations.jsonl")
+    assert [row["rejected"] for row in rows] == [[], ["what does the alpha passage say"], [], ["what does the beta passage say"]]
+    assert [q["qid"] for q in _lines(work / "queries.jsonl")] == [query_id(doc["_id"], sample) for doc in docs for sample in (0, 1)]
+    assert counts["kept"] == 4 and counts["retried"] == 2 and counts["recovered"] == 2 and counts["dropped_duplicate"] == 0
+    # Without retries the repeat is kept out as a duplicate.
+    single = generate(_write_passages(tmp_path / "once", docs), config.model_copy(update={"retries": 0}), llm=Repeating())
+    assert single["kept"] == 2 and single["dropped_duplicate"] == 2 and single["generated"] == 4
+
+
 def test_retries_resample_rejected_replies_and_count_what_they_recover(tmp_path):
     titles = ["alpha", "beta", "gamma", "delta"]
     docs = [{"_id": f"d-{title}", "title": title, "text": OCTOPUS} for title in titles]
     work = _write_passages(tmp_path / "retry", docs)
     llm = Flaky(bad={"beta", "delta"}, stubborn={"delta"})
-    counts = generate(work, GenerateConfig(types=["question"], block=4, retries=2), llm=llm)
+    counts = generate(work, GenerateConfig(types=["question"], block=4, retries=2, queries_per_passage=1), llm=llm)
     first = [passage_seed(42, doc["_id"]) for doc in docs]
     assert llm.seeds == [first, [retry_seed(first[1], 1), retry_seed(first[3], 1)], [retry_seed(first[3], 2)]]
     rows = {row["source_id"]: row for row in _lines(work / "generations.jsonl")}
@@ -339,10 +408,10 @@ def test_retries_resample_rejected_replies_and_count_what_they_recover(tmp_path)
     assert (counts["by_type"]["question"]["retried"], counts["by_type"]["question"]["recovered"]) == (2, 1)
 
     # Without retries the same first replies are dropped; the retries setting is part of the key.
-    plain = generate(work, GenerateConfig(types=["question"], block=4, retries=0), llm=Flaky(bad={"beta", "delta"}))
+    plain = generate(work, GenerateConfig(types=["question"], block=4, retries=0, queries_per_passage=1), llm=Flaky(bad={"beta", "delta"}))
     assert plain["generated_now"] == 4 and (plain["kept"], plain["retried"], plain["dropped_copies_passage"]) == (2, 0, 2)
     # With retries on, a cleaning threshold decides what is retried: changing it asks the model again.
-    again = generate(work, GenerateConfig(types=["question"], block=4, retries=1, max_copied_words=12), llm=Flaky(bad={"beta"}))
+    again = generate(work, GenerateConfig(types=["question"], block=4, retries=1, max_copied_words=12, queries_per_passage=1), llm=Flaky(bad={"beta"}))
     assert again["generated_now"] == 4 and again["recovered"] == 1
 
 
@@ -357,7 +426,7 @@ def test_the_title_type_sees_the_passage_without_its_title(tmp_path):
             return ["Where an octopus keeps its neurons"]
 
     for kind in ("title", "question"):
-        generate(_write_passages(tmp_path / kind, docs), GenerateConfig(types=[kind], retries=0), llm=Recorder({}))
+        generate(_write_passages(tmp_path / kind, docs), GenerateConfig(types=[kind], retries=0, queries_per_passage=1), llm=Recorder({}))
     shown = [text.rsplit("Passage: ", 1)[1] for text in asked.values()]
     assert shown == [f"{OCTOPUS}\nQuery:", f"Octopus neurons. {OCTOPUS}\nQuery:"]
 
@@ -421,7 +490,7 @@ def echo_server():
 def test_openai_backend_end_to_end(echo_server, one_per_type, tmp_path):
     work = _write_passages(tmp_path, one_per_type)
     llm = LLMConfig(backend="openai", base_url=echo_server.url, max_concurrency=2, max_retries=0)
-    counts = generate(work, GenerateConfig(model="served-model", llm=llm, passage_tokens=16, block=4))
+    counts = generate(work, GenerateConfig(model="served-model", llm=llm, passage_tokens=16, block=4, queries_per_passage=1))
     queries = _lines(work / "queries.jsonl")
     assert counts["kept"] == len(queries) == 6 and counts["generated_now"] == 6
     for doc, query in zip(one_per_type, queries):

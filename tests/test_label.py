@@ -49,6 +49,15 @@ def test_dev_split_is_seeded_sized_and_order_free():
     assert dev_split(qids, 0.0, 42, min_queries=50) == set()  # no dev set asked for
 
 
+def test_dev_split_keeps_the_queries_of_one_passage_on_one_side():
+    qids = [f"q{i:03d}" for i in range(100)]
+    groups = {qid: f"p{i // 2}" for i, qid in enumerate(qids)}  # two queries per source passage
+    dev = dev_split(qids, 0.2, 42, groups=groups)
+    assert 20 <= len(dev) <= 21 and dev == dev_split(list(reversed(qids)), 0.2, 42, groups=groups)
+    assert all((qid in dev) == (groups[qid] in {groups[held] for held in dev}) for qid in qids)  # never a passage on both sides
+    assert dev_split(qids[::2], 0.2, 42, groups=groups) == dev_split(qids[::2], 0.2, 42)  # one query per passage: the plain draw
+
+
 def test_filter_normalize_split_by_hand(tmp_path):
     labels = [
         ("q1", ["a", "b", "c"], [1, 3, 2], "b", "claim"),  # kept: top 3/9

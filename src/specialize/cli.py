@@ -165,7 +165,7 @@ def generate(
     sets: SetOption = None,
     force: ForceOption = False,
 ) -> None:
-    """Write one synthetic query per sampled passage, of a type drawn from the mixture; or take your own (--queries)."""
+    """Write synthetic queries for the sampled passages (generate.queries_per_passage each, of a type drawn from the mixture); or take your own (--queries)."""
     type_list = [name.strip() for name in types.split(",") if name.strip()] if types is not None else None
     cfg = _config(
         config, workdir, sets,

@@ -3,8 +3,8 @@
 Prompts are rendered with the GGUF's own chat template (or ``llm.chat_template``) by
 llama-cpp-python's Jinja formatter. Generation runs in a llama.cpp context of its own
 (``Sequences``): prompts that share a prefix (instructions and examples) are decoded
-``llm.batch_size`` at a time over that prefix, evaluated once, one token of every reply per forward
-pass. The judge evaluates the prompt itself on the ``Llama``'s context, so that the key-value cache
+``llm.batch_size`` at a time over that prefix, evaluated once (and a prompt repeated in a batch read once),
+one token of every reply per forward pass. The judge evaluates the prompt itself on the ``Llama``'s context, so that the key-value cache
 of the prefix shared with the previous prompt (system text and query, since the judge puts the
 query first) is kept and only the rest is decoded.
 """
@@ -195,7 +195,8 @@ class Sequences:
     """A llama.cpp context of its own in which up to ``width`` replies are decoded side by side over one prefix.
 
     Its cache is unified: the prefix is evaluated once on sequence 0, from an empty cache, and shared by
-    the other sequences; each prompt's rest is then evaluated alone on its own sequence. Replies take one
+    the other sequences; each prompt's rest is then evaluated on its own sequence, less the start it shares
+    with the rest before it (a prompt sampled several times is read once). Replies take one
     forward pass per token for the whole batch, so decoding (bound by reading the weights on a CPU)
     serves several replies for about the price of one. The context copies the ``Llama``'s settings
     (threads, batch size), with ``width`` sequences over its ``n_ctx`` cells.
@@ -223,7 +224,11 @@ class Sequences:
         self.last: list[int] = []  # per sequence: its prompt's last token
 
     def start(self, prefix: list[int], rests: list[list[int]]) -> None:
-        """Hold ``prefix`` (kept when it is there already), then each rest but its last token on sequences 0, 1, …"""
+        """Hold ``prefix`` (kept when it is there already), then each rest but its last token on sequences 0, 1, …
+
+        A rest's start that the rest before it shares (all but the last token of the same prompt,
+        sampled again) is not evaluated again: its cells are shared with the sequence before.
+        """
         memory = self.context.memory
         if prefix != self.prefix or not prefix:
             self.api.llama_memory_clear(memory, True)
@@ -234,7 +239,12 @@ class Sequences:
         for sequence in range(1, len(rests)):
             self.api.llama_memory_seq_cp(memory, 0, sequence, 0, len(prefix))
         for sequence, rest in enumerate(rests):
-            self._evaluate(rest[:-1], len(prefix), sequence)
+            shared = 0
+            if sequence:
+                before = rests[sequence - 1]
+                shared = min(len(os.path.commonprefix([before, rest])), len(before) - 1, len(rest) - 1)
+                self.api.llama_memory_seq_cp(memory, sequence - 1, sequence, len(prefix), len(prefix) + shared)
+            self._evaluate(rest[shared:-1], len(prefix) + shared, sequence)
         self.ends = [len(prefix) + len(rest) for rest in rests]
         self.last = [rest[-1] for rest in rests]
 

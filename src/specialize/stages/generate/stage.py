@@ -1,14 +1,15 @@
-"""The generate stage: one synthetic query per sampled passage, of a type drawn from the mixture.
+"""The generate stage: ``queries_per_passage`` synthetic queries per sampled passage, of a type drawn from the mixture.
 
 Two steps, like label's scoring and filtering:
 
-1. The LLM writes a raw reply for each passage of ``passages.jsonl`` (streamed), ``block``
-   prompts of one type per backend call; a reply that cleaning would drop for itself (not a duplicate) is
-   sampled again, up to ``retries`` times. Each passage's reply is appended and flushed to a
+1. The LLM writes ``queries_per_passage`` raw replies for each passage of ``passages.jsonl``
+   (streamed), sampled from the same prompt with seeds of their own, ``block`` prompts of one type per
+   backend call; a reply that cleaning would drop for itself, or that repeats an earlier reply of its
+   passage, is sampled again, up to ``retries`` times. Each reply is appended and flushed to a
    partial ``generations.jsonl`` (``{"qid", "source_id", "type", "raw", "rejected"}``: the reply
    to use and the earlier attempts) keyed by everything the replies depend on, so a killed run
-   resumes after its last finished block and never asks again for a passage already answered,
-   whether its query was kept or not. The finished file is renamed into place.
+   resumes after its last finished block and never asks again for a query already answered,
+   whether it was kept or not. The finished file is renamed into place.
 2. Cleaning: the replies are cleaned, checked and deduplicated in passage order and the kept
    queries written to ``queries.jsonl`` atomically. With ``retries: 0``, when only the cleaning
    thresholds change, step 1 is reused and no model is loaded.
@@ -17,8 +18,9 @@ Everything random is fixed by the seed and the passage: its type and sampling se
 few-shot examples by its type and its group of ``few_shot_group`` consecutive passages, so a resumed
 run writes what an uninterrupted one would. Within a group the prompts of one type run one after
 the other, in blocks that never span two types: they share everything before the passage, which
-llama.cpp then evaluates once per group and type, decoding a block's replies side by side (vLLM's
-prefix cache does the same), and ``generations.jsonl`` is in that order.
+llama.cpp then evaluates once per group and type, and a passage's prompts are the same text, which
+it evaluates once for all of them; a block's replies are decoded side by side (vLLM's prefix cache
+does the same), and ``generations.jsonl`` is in that order.
 
 With ``queries`` set (the user's own queries file) there is no LLM and no step 1: the file's
 queries are written to ``queries.jsonl`` as they are, with no source passage (``source_id``
@@ -32,7 +34,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -51,19 +53,20 @@ from specialize.workdir import Workdir
 # Cleaning's reasons; a reply that repeats a bank example, or a run of words of its prompt.
 GENERATION_DROPS = (*QUERY_DROPS, "copies_example", "copies_prompt")
 USER_TYPE = "user"  # the type of a user's query whose file gives none
-GENERATION_FIELDS = {"few_shot", "few_shot_group", "temperature", "max_new_tokens", "passage_tokens", "seed", "retries"}
+GENERATION_FIELDS = {"queries_per_passage", "few_shot", "few_shot_group", "temperature", "max_new_tokens", "passage_tokens", "seed", "retries"}
 CHECK_FIELDS = {"min_chars", "max_chars", "max_copied_words", "max_copied_prompt_words"}  # what decides a retry
 LLM_FIELDS = {"backend", "chat_template", "context_tokens", "batch_size", "flash_attention", "requantize"}  # those that can change the text
 
 
-def query_id(source_id: str) -> str:
-    """The qid of a passage's query: fixed by the passage, never equal to a document id."""
-    return f"gen-{source_id}"
+def query_id(source_id: str, sample: int = 0) -> str:
+    """The qid of a passage's query number ``sample`` (from 0): fixed by the passage, never equal to a document id."""
+    return f"gen-{source_id}" if sample == 0 else f"gen-{source_id}~{sample + 1}"
 
 
-def passage_seed(seed: int, source_id: str) -> int:
-    """The sampling seed of one passage's prompt, fixed by (seed, passage id), in [0, 2**31)."""
-    return random.Random(f"{seed}\x1fgenerate\x1f{source_id}").getrandbits(31)
+def passage_seed(seed: int, source_id: str, sample: int = 0) -> int:
+    """The sampling seed of a passage's query number ``sample``, fixed by (seed, passage id, sample), in [0, 2**31)."""
+    name = f"{seed}\x1fgenerate\x1f{source_id}" + (f"\x1f{sample}" if sample else "")
+    return random.Random(name).getrandbits(31)
 
 
 def example_key(position: int, config: GenerateConfig) -> str:
@@ -171,43 +174,51 @@ def passage_messages(
     return build_messages(prompt, passage, config.seed, key, config.few_shot)
 
 
+Work = tuple[dict[str, Any], str, str, int]  # a passage, its type, its example group, the number of its query
+
+
 def write_generations(workdir: Path, config: GenerateConfig, llm: LLM, mixture: Mixture, key: str, total: int) -> dict[str, int | float]:
-    """Write ``generations.jsonl``, one raw reply per passage, resuming from a partial file with the same key."""
+    """Write ``generations.jsonl``, ``queries_per_passage`` raw replies per passage, resuming from a partial file with the same key."""
     final = Workdir(workdir).generations
-    partial, done = resume_partial(final, key, "source_id")
+    partial, done = resume_partial(final, key, "qid")
     count = token_counter(llm)
     started = time.perf_counter()
     # Transient: a backend failure (an unreachable server) then ends in its one-line error alone.
     bar = progress_bar(f"{llm.name} · generating", total=total - len(done), unit="queries", transient=True)
     with open(partial, "a", encoding="utf-8", newline="\n") as out, bar as advance:
 
-        def run_block(block: list[tuple[dict[str, Any], str, str]]) -> None:
-            """Ask for one reply per (passage, type, example key) and append them, flushed."""
+        def run_block(block: list[Work]) -> None:
+            """Ask for one reply per (passage, type, example key, query number) and append them, flushed."""
+            accept = sibling_check(block, mixture, config)
             replies = sample_until(
-                llm, [passage_messages(record, kind, group, mixture, config, count) for record, kind, group in block],
+                llm, [passage_messages(record, kind, group, mixture, config, count) for record, kind, group, _ in block],
                 temperature=config.temperature, max_new_tokens=config.max_new_tokens,
-                seeds=[passage_seed(config.seed, record["_id"]) for record, _, _ in block],
-                accept=lambda index, raw: mixture.check(raw, *block[index], config)[0] is not None, attempts=1 + config.retries,
-                prefixes=[mixture.instructions(kind, group, config) for _, kind, group in block],
+                seeds=[passage_seed(config.seed, record["_id"], sample) for record, _, _, sample in block],
+                accept=accept, attempts=1 + config.retries,
+                prefixes=[mixture.instructions(kind, group, config) for _, kind, group, _ in block],
             )
-            for (record, kind, _), tried in zip(block, replies, strict=True):
-                row = {"qid": query_id(record["_id"]), "source_id": record["_id"], "type": kind, "raw": tried[-1], "rejected": tried[:-1]}
+            for (record, kind, _, sample), tried in zip(block, replies, strict=True):
+                row = {"qid": query_id(record["_id"], sample), "source_id": record["_id"], "type": kind, "raw": tried[-1], "rejected": tried[:-1]}
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
             out.flush()
             advance(len(block))
 
         def run_group(records: list[dict[str, Any]], group: str) -> None:
-            """The group's passages still to answer, type by type (prompts that share their prefix), ``block`` per call."""
+            """The group's queries still to ask for, type by type (prompts that share their prefix), a passage's
+            in the same call (the same prompt), ``block`` per call."""
             types = assign_types([record["_id"] for record in records], mixture.names, mixture.probabilities, config.seed)
             order = sorted(range(len(records)), key=lambda index: mixture.names.index(types[index]))  # stable: passage order within a type
+            per_call = max(1, config.block // config.queries_per_passage)  # passages
             for _, same_type in groupby(((records[index], types[index], group) for index in order), key=lambda item: item[1]):
-                work = list(same_type)
-                for start in range(0, len(work), config.block):
-                    run_block(work[start : start + config.block])
+                work = [[(record, kind, key, sample) for sample in range(config.queries_per_passage) if query_id(record["_id"], sample) not in done]
+                        for record, kind, key in same_type]
+                for start in range(0, len(work), per_call):
+                    run_block([query for passage in work[start : start + per_call] for query in passage])
 
         passages = enumerate(read_passages(Workdir(workdir).passages))
         for group, members in groupby(passages, key=lambda item: example_key(item[0], config)):
-            pending = [record for _, record in members if record["_id"] not in done]
+            pending = [record for _, record in members
+                       if any(query_id(record["_id"], sample) not in done for sample in range(config.queries_per_passage))]
             if pending:
                 run_group(pending, group)
         os.fsync(out.fileno())
@@ -218,23 +229,49 @@ def write_generations(workdir: Path, config: GenerateConfig, llm: LLM, mixture: 
             "queries_per_second": round(generated / seconds, 3) if generated and seconds > 0 else 0.0}
 
 
+def sibling_check(block: Sequence[Work], mixture: Mixture, config: GenerateConfig) -> Callable[[int, str], bool]:
+    """``sample_until``'s test of a block's replies: usable for itself, and not the query an earlier reply of its passage gave.
+
+    Replies are tested in block order on every attempt (as both ``sample_until`` paths do), so a passage's
+    first query is never retried for its siblings, and a later one is when it repeats one kept before it.
+    """
+    taken: dict[int, str] = {}  # block index -> the normalized query of its accepted reply
+
+    def accept(index: int, raw: str) -> bool:
+        record, kind, group, _ = block[index]
+        query = mixture.check(raw, record, kind, group, config)[0]
+        if query is None:
+            return False
+        key = normalize_query(query)
+        if any(taken.get(other) == key for other in range(index) if block[other][0]["_id"] == record["_id"]):
+            return False
+        taken[index] = key
+        return True
+
+    return accept
+
+
 # --- step 2: cleaning -------------------------------------------------------------------------
 
 
-def _paired(workdir: Path) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """(passage, raw reply) pairs, in passage order; a generations file that does not answer each passage once is an error."""
+def _paired(workdir: Path, per_passage: int) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(passage, raw reply) pairs, in passage order and query number; a generations file that does not hold each
+    of a passage's ``per_passage`` replies once is an error."""
     generations = Workdir(workdir).generations
     replies: dict[Any, tuple[int, dict[str, Any]]] = {}
     for number, reply in iter_jsonl(generations):
-        if reply.get("source_id") in replies:
-            raise located(generations, number, f"a second reply to passage {reply.get('source_id')!r} (delete it and rerun)")
-        replies[reply.get("source_id")] = (number, reply)
+        if reply.get("qid") in replies:
+            raise located(generations, number, f"a second reply {reply.get('qid')!r} to passage {reply.get('source_id')!r} (delete it and rerun)")
+        replies[reply.get("qid")] = (number, reply)
     for passage in read_passages(Workdir(workdir).passages):
-        if passage["_id"] not in replies:
-            raise SpecializeError(f"{generations}: no reply to passage {passage['_id']!r} of passages.jsonl (delete it and rerun)")
-        yield passage, replies.pop(passage["_id"])[1]
+        for sample in range(per_passage):
+            if query_id(passage["_id"], sample) not in replies:
+                raise SpecializeError(f"{generations}: no reply {query_id(passage['_id'], sample)!r} to passage {passage['_id']!r} "
+                                      "of passages.jsonl (delete it and rerun)")
+            yield passage, replies.pop(query_id(passage["_id"], sample))[1]
     for number, reply in replies.values():
-        raise located(generations, number, f"a reply to passage {reply.get('source_id')!r}, which passages.jsonl does not hold (delete it and rerun)")
+        raise located(generations, number, f"a reply {reply.get('qid')!r} to passage {reply.get('source_id')!r}, which passages.jsonl "
+                      "does not ask for (delete it and rerun)")
 
 
 def clean_generations(workdir: Path, config: GenerateConfig, generator: str, mixture: Mixture) -> dict[str, Any]:
@@ -243,9 +280,9 @@ def clean_generations(workdir: Path, config: GenerateConfig, generator: str, mix
     deduper = QueryDeduper()
 
     def records() -> Iterator[dict[str, Any]]:
-        for position, (passage, reply) in enumerate(_paired(workdir)):
+        for index, (passage, reply) in enumerate(_paired(workdir, config.queries_per_passage)):
             kind = reply["type"]
-            query, reason = mixture.check(reply["raw"], passage, kind, example_key(position, config), config)
+            query, reason = mixture.check(reply["raw"], passage, kind, example_key(index // config.queries_per_passage, config), config)
             if query is not None:
                 reason = deduper.check(query)
             counts.add("generated", kind)
@@ -294,7 +331,8 @@ def generate(workdir: Path, config: GenerateConfig, llm: LLM | None = None) -> d
         return write_user_queries(workdir, config.queries)
     mixture = Mixture(config)
     passages = Workdir(workdir).passages
-    total = count_passages(passages)
+    passage_count = count_passages(passages)
+    total = passage_count * config.queries_per_passage
     generator = llm.name if llm is not None else config.model
     key = generations_key(config, generator, mixture, passages)
     if finished_with_key(Workdir(workdir).generations, key):
@@ -302,7 +340,7 @@ def generate(workdir: Path, config: GenerateConfig, llm: LLM | None = None) -> d
     else:
         llm = llm or load_llm(config.model, config.llm, config.seed)
         written = {"generations_reused": 0, **write_generations(workdir, config, llm, mixture, key, total)}
-    return {"passages": total, **clean_generations(workdir, config, generator, mixture), **written}
+    return {"passages": passage_count, **clean_generations(workdir, config, generator, mixture), **written}
 
 
 def run(work: Workdir, config: Config) -> dict[str, Any]:

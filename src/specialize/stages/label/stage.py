@@ -76,13 +76,26 @@ def top_list(doc_ids: Sequence[str], scores: Sequence[float], size: int) -> tupl
     return [doc_ids[i] for i in order], [float(scores[i]) for i in order]
 
 
-def dev_split(qids: Sequence[str], fraction: float, seed: int, min_queries: int = 0) -> set[str]:
+def dev_split(qids: Sequence[str], fraction: float, seed: int, min_queries: int = 0, groups: Mapping[str, str] | None = None) -> set[str]:
     """The qids that go to dev, drawn with ``seed`` independently of input order: round(fraction × n) of them, at least
-    ``min_queries`` but at most half of them; none when ``fraction`` is 0."""
-    shuffled = sorted(qids)
+    ``min_queries`` but at most half of them; none when ``fraction`` is 0.
+
+    Queries of one group (``groups[qid]``: the queries of one source passage) go to the same side: groups are
+    drawn whole, each under its first qid, until the size is reached; a qid without a group is a group of its own.
+    """
+    members: dict[str, list[str]] = {}
+    for qid in sorted(qids):
+        members.setdefault((groups or {}).get(qid, qid), []).append(qid)
+    shuffled = sorted(group[0] for group in members.values())
     random.Random(seed).shuffle(shuffled)
-    size = min(max(min_queries, round(fraction * len(shuffled))), len(shuffled) // 2) if fraction > 0 else 0
-    return set(shuffled[:size])
+    size = min(max(min_queries, round(fraction * len(qids))), len(qids) // 2) if fraction > 0 else 0
+    by_first = {group[0]: group for group in members.values()}
+    dev: set[str] = set()
+    for first in shuffled:
+        if len(dev) >= size:
+            break
+        dev.update(by_first[first])
+    return dev
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +279,9 @@ def filter_and_split(workdir: Path, queries: Mapping[str, Mapping[str, Any]], co
     keep = set(kept)
     # Held out before the filters: a query whose teacher disagrees with its source is as fair a test
     # as one it finds easy (its source is the truth); a query without a source only when kept.
-    dev = dev_split(sorted(keep.union(sourced)), config.dev_fraction, config.seed, config.dev_min_queries)
+    held_out = sorted(keep.union(sourced))
+    sources = {qid: queries[qid]["source_id"] for qid in held_out if queries[qid]["source_id"] is not None}
+    dev = dev_split(held_out, config.dev_fraction, config.seed, config.dev_min_queries, groups=sources)
     work = Workdir(workdir)
     with atomic_path(work.train) as train_tmp, atomic_path(work.dev) as dev_tmp:
         with open(train_tmp, "w", encoding="utf-8", newline="\n") as train_out, open(dev_tmp, "w", encoding="utf-8", newline="\n") as dev_out:

@@ -5,15 +5,14 @@ chunks of ``--chunk`` (one example group), and chunk by chunk every side writes 
 alternating so that a change in the machine's load hits all alike (one ``Llama`` per weights and attention).
 Queries/s counts the queries asked for (passages × ``queries_per_passage``):
 
-* **shipped**: the generate stage with its defaults: two queries per passage, sampled from the same
-  prompt, which llama.cpp reads once; the prompts of one type in a group of ``few_shot_group``
-  passages show the same examples and go to the backend in blocks of one type; their shared prefix
-  is evaluated once and up to ``llm.batch_size`` replies are decoded side by side; attention is
-  flash attention, and the passage is cut at ``passage_tokens`` (256; claims 384);
-* **one per passage**: the shipped stage with ``queries_per_passage: 1``: the stage of the last round
-  (flash attention and the passage cut, 1.77x per passage there);
-* **before**: ``one per passage`` less flash attention and the passage cut: the stage before the
-  last round (0.404 queries/s when it was measured first);
+* **shipped**: the generate stage with its defaults: the prompts of one type in a group of
+  ``few_shot_group`` passages show the same examples and go to the backend in blocks of one type;
+  their shared prefix is evaluated once and up to ``llm.batch_size`` replies are decoded side by
+  side; attention is flash attention, and the passage is cut at ``passage_tokens`` (256; claims 384);
+* **two per passage**: the shipped stage with ``queries_per_passage: 2`` (an option: it costs yield,
+  ``prompts.md``): a passage's two queries sampled from one prompt, which llama.cpp reads once;
+* **before**: the shipped stage less flash attention and the passage cut: the stage before the
+  round that added them (0.404 queries/s when it was measured first);
 * **per passage**: ``before`` with ``few_shot_group: 1``, ``batch_size: 1``: examples drawn per
   passage, each prompt read whole, one reply at a time: the stage as it was when generation
   measured 0.24 queries/s, the baseline of the speed-up asked for;
@@ -98,9 +97,9 @@ def use_width(llm, width: int) -> None:
 
 SIDES = {  # name: GenerateConfig fields and LLMConfig fields that differ from the stage's defaults
     "shipped": ({}, {}),
-    "one_per_passage": ({"queries_per_passage": 1}, {}),
-    "before": ({"queries_per_passage": 1, "passage_tokens": 384}, {"flash_attention": False}),
-    "per_passage": ({"queries_per_passage": 1, "passage_tokens": 384, "few_shot_group": 1}, {"flash_attention": False, "batch_size": 1}),
+    "two_per_passage": ({"queries_per_passage": 2}, {}),
+    "before": ({"passage_tokens": 384}, {"flash_attention": False}),
+    "per_passage": ({"passage_tokens": 384, "few_shot_group": 1}, {"flash_attention": False, "batch_size": 1}),
     "requantized_iq4_nl": ({}, {"requantize": "iq4_nl"}),
 }
 

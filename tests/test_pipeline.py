@@ -23,6 +23,7 @@ def _overrides(work, corpus):
         "workdir": str(work), "prepare.corpus": str(corpus), "prepare.max_passages": 10,
         "generate.model": "bundled:gemma-270m", "generate.llm.backend": "llama_cpp", "generate.llm.chat_template": TINY_CHAT_TEMPLATE,
         "generate.llm.context_tokens": 1024, "generate.max_new_tokens": 12, "generate.few_shot": 1, "generate.block": 2,
+        "generate.queries_per_passage": 2,  # the option's path through every stage: two queries a passage, a passage per call
         "mine.retrievers": ["bm25", "bundled:minilm"], "mine.backend": "torch", "mine.top_k": 10, "mine.depth": 400, "mine.roundtrip_depth": 400,
         "label.teacher": "ensemble:bm25=1,bi-encoder:bundled:minilm=1", "label.backend": "torch", "label.min_list_size": 10,
         "label.list_size": 6, "label.require_source_first": False,

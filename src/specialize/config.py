@@ -119,9 +119,10 @@ class GenerateConfig(StrictModel):
         "examples, so that they share everything before the passage and llama.cpp or vLLM reads it once; 1: a draw per passage.",
     )
     queries_per_passage: int = Field(
-        2, ge=1, description="Replies sampled from each passage's prompt (GPL samples 3), each with its own seed; the passage is "
-        "read once for all of them (llama.cpp, vLLM), so on a CPU each query costs ~40% less at 2. A reply that repeats an "
-        "earlier one of its passage is sampled again.",
+        1, ge=1, description="Replies sampled from each passage's prompt (GPL samples 3), each with its own seed; the passage is "
+        "read once for all of them (llama.cpp, vLLM). A reply that repeats an earlier one of its passage is sampled again. "
+        "At 2 on a CPU the stage writes 1.67x the queries/s, but the second query of a passage is the weaker: 2.3 points "
+        "less yield (benchmarks/results/prompts.md, attempt 7).",
     )
     temperature: float = Field(0.8, ge=0)
     max_new_tokens: int = Field(50, ge=1)

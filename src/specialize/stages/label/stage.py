@@ -83,18 +83,18 @@ def dev_split(qids: Sequence[str], fraction: float, seed: int, min_queries: int 
     Queries of one group (``groups[qid]``: the queries of one source passage) go to the same side: groups are
     drawn whole, each under its first qid, until the size is reached; a qid without a group is a group of its own.
     """
-    members: dict[str, list[str]] = {}
+    members: dict[tuple[str, str], list[str]] = {}
     for qid in sorted(qids):
-        members.setdefault((groups or {}).get(qid, qid), []).append(qid)
-    shuffled = sorted(group[0] for group in members.values())
+        key = ("group", groups[qid]) if groups and qid in groups else ("query", qid)  # a group's name never meets a qid
+        members.setdefault(key, []).append(qid)
+    shuffled = sorted(members.values())  # by first qid
     random.Random(seed).shuffle(shuffled)
     size = min(max(min_queries, round(fraction * len(qids))), len(qids) // 2) if fraction > 0 else 0
-    by_first = {group[0]: group for group in members.values()}
     dev: set[str] = set()
-    for first in shuffled:
+    for group in shuffled:
         if len(dev) >= size:
             break
-        dev.update(by_first[first])
+        dev.update(group)
     return dev
 
 

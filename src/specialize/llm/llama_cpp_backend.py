@@ -242,7 +242,7 @@ class Sequences:
             shared = 0
             if sequence:
                 before = rests[sequence - 1]
-                shared = min(len(os.path.commonprefix([before, rest])), len(before) - 1, len(rest) - 1)
+                shared = min(self.api.Llama.longest_token_prefix(before, rest), len(before) - 1, len(rest) - 1)
                 self.api.llama_memory_seq_cp(memory, sequence - 1, sequence, len(prefix), len(prefix) + shared)
             self._evaluate(rest[shared:-1], len(prefix) + shared, sequence)
         self.ends = [len(prefix) + len(rest) for rest in rests]

@@ -264,11 +264,10 @@ def _paired(workdir: Path, per_passage: int) -> Iterator[tuple[dict[str, Any], d
             raise located(generations, number, f"a second reply {reply.get('qid')!r} to passage {reply.get('source_id')!r} (delete it and rerun)")
         replies[reply.get("qid")] = (number, reply)
     for passage in read_passages(Workdir(workdir).passages):
-        for sample in range(per_passage):
-            if query_id(passage["_id"], sample) not in replies:
-                raise SpecializeError(f"{generations}: no reply {query_id(passage['_id'], sample)!r} to passage {passage['_id']!r} "
-                                      "of passages.jsonl (delete it and rerun)")
-            yield passage, replies.pop(query_id(passage["_id"], sample))[1]
+        for qid in (query_id(passage["_id"], sample) for sample in range(per_passage)):
+            if qid not in replies:
+                raise SpecializeError(f"{generations}: no reply {qid!r} to passage {passage['_id']!r} of passages.jsonl (delete it and rerun)")
+            yield passage, replies.pop(qid)[1]
     for number, reply in replies.values():
         raise located(generations, number, f"a reply {reply.get('qid')!r} to passage {reply.get('source_id')!r}, which passages.jsonl "
                       "does not ask for (delete it and rerun)")

@@ -16,6 +16,10 @@ The committed fixtures were written one query per passage, before ``generate.que
 
     python benchmarks/fixtures.py scifact --passages 1150 --queries-per-passage 1
     python benchmarks/fixtures.py med --passages 580 --queries-per-passage 1
+
+``--disjoint-from scifact --out scifact-more`` samples only passages that no query of the committed
+``scifact`` fixture came from (their ids go to ``prepare.exclude_qrels``), so a second fixture adds
+new sources rather than more queries of the same ones.
 """
 
 from __future__ import annotations
@@ -48,31 +52,43 @@ def source_corpus(dataset: str, work: Path) -> str:
     return str(copy)
 
 
+def used_sources(fixture: str, work: Path) -> Path:
+    """A qrels file naming every source passage of the fixture ``benchmarks/data/<fixture>``, for ``prepare.exclude_qrels``."""
+    rows = [json.loads(line) for line in (DATA / fixture / "queries.jsonl").read_text().splitlines()]
+    path = work / f"sources-of-{fixture}.tsv"
+    path.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{row['qid']}\t{row['source_id']}\t1\n" for row in rows))
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=sorted(SOURCES))
     parser.add_argument("--passages", type=int, required=True, help="sampled source passages")
     parser.add_argument("--queries-per-passage", type=int, default=None, help="generate.queries_per_passage (default: its default)")
-    parser.add_argument("--workdir", type=Path, default=None, help="default: benchmarks/.fixture-work/<dataset>")
+    parser.add_argument("--out", default=None, help="folder name under benchmarks/data (default: the dataset's)")
+    parser.add_argument("--disjoint-from", default=None, help="a fixture folder under benchmarks/data whose source passages are never sampled")
+    parser.add_argument("--workdir", type=Path, default=None, help="default: benchmarks/.fixture-work/<out>")
     args = parser.parse_args()
+    name = args.out or args.dataset
 
     from specialize.pipeline import DEMO_CONFIG, Pipeline
 
-    work = args.workdir or Path(__file__).parent / ".fixture-work" / args.dataset
+    work = args.workdir or Path(__file__).parent / ".fixture-work" / name
     work.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline(DEMO_CONFIG, **{
         "workdir": str(work), "prepare.corpus": source_corpus(args.dataset, work), "prepare.max_passages": args.passages,
         **({"generate.queries_per_passage": args.queries_per_passage} if args.queries_per_passage else {}),
+        **({"prepare.exclude_qrels": [str(used_sources(args.disjoint_from, work))]} if args.disjoint_from else {}),
     })
     manifests = pipeline.run(stop="generate")
-    out = DATA / args.dataset
+    out = DATA / name
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(work / "queries.jsonl", out / "queries.jsonl")
     generate = manifests["generate"]
     manifest = {
         "dataset": args.dataset,
         "source": SOURCES[args.dataset],
-        "excluded": EXCLUDED[args.dataset],
+        "excluded": EXCLUDED[args.dataset] + (f"; nor any source passage of benchmarks/data/{args.disjoint_from}" if args.disjoint_from else ""),
         "passages": manifests["prepare"]["counts"]["passages"],
         "generator": pipeline.config.generate.model,
         "generate_config": pipeline.config.generate.model_dump(mode="json"),

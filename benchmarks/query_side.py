@@ -10,7 +10,8 @@ Query sources:
 * ``human``: SciFact's 809 train claims (the prototype's setting; the round-trip filter and
   ``require_source_first`` step aside, as for a user's own queries: every claim is kept).
 * ``generated``: the committed fixture ``benchmarks/data/<dataset>/queries.jsonl`` (``benchmarks/fixtures.py``),
-  with the pipeline's default filters.
+  with the pipeline's default filters; ``--with-fixture NAME`` adds ``benchmarks/data/NAME/queries.jsonl`` beside it
+  (the run is keyed ``<dataset>-generated+NAME``).
 
 Recipes (``--recipes``, default every query-side one; the full fine-tune costs ~4 s per training query here):
 
@@ -122,8 +123,13 @@ def main() -> None:
     parser.add_argument("dataset", choices=sorted(SOURCES))
     parser.add_argument("source", choices=("human", "generated"))
     parser.add_argument("--recipes", default=DEFAULT_RECIPES, help=f"comma-separated, of: {', '.join(RECIPES)}")
-    parser.add_argument("--workdir", type=Path, default=None, help="default: benchmarks/.query-side-work/<dataset>-<source>")
+    parser.add_argument("--with-fixture", default=None, help="a second fixture folder under benchmarks/data, beside the dataset's (generated only)")
+    parser.add_argument("--workdir", type=Path, default=None, help="default: benchmarks/.query-side-work/<run key>")
     args = parser.parse_args()
+    if args.with_fixture:
+        if args.source != "generated":
+            parser.error("--with-fixture adds generated queries: use it with the generated source")
+        args.source = f"generated+{args.with_fixture}"
     if args.dataset == "med" and args.source == "human":
         parser.error("MED has no train queries: use the generated fixture")
     recipes = args.recipes.split(",")
@@ -138,7 +144,9 @@ def main() -> None:
 
     work = args.workdir or Path(__file__).parent / ".query-side-work" / f"{args.dataset}-{args.source}"
     work.mkdir(parents=True, exist_ok=True)
-    cfg, counts = labelled_workdir(args.dataset, args.source, work)
+    second = DATA / args.with_fixture / "queries.jsonl" if args.with_fixture else None
+    keep = (lambda rows: rows + [json.loads(line) for line in second.read_text().splitlines()]) if second else None
+    cfg, counts = labelled_workdir(args.dataset, "generated" if second else args.source, work, keep=keep)
     trained = {name: train_recipe(cfg, name) for name in recipes}
     models = [cfg.train.student, *(str(folder / cfg.train.output) for folder, _ in trained.values())]
     started = time.perf_counter()

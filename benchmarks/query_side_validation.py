@@ -89,11 +89,45 @@ def paraphrases(replace: bool):
     return keep
 
 
+TWO_PER_PASSAGE = "scifact-two-per-passage"
+"""A second SciFact fixture (``fixtures.py --queries-per-passage 2 --disjoint-from scifact``): two queries from each of
+800 passages no query of the first fixture came from, written with the stage's current settings."""
+
+
+def second_fixture(how: str):
+    """The two-per-passage fixture's queries: ``alone``, ``equal`` (whole passages drawn until as many queries as the
+    first fixture holds: two per passage against one, at an equal count) or ``with`` (beside the first fixture's)."""
+
+    def keep(rows: list[dict]) -> list[dict]:
+        import random
+
+        path = Path(__file__).parent / "data" / TWO_PER_PASSAGE / "queries.jsonl"
+        second = [json.loads(line) for line in path.read_text().splitlines()]
+        if how == "with":
+            return rows + second
+        if how == "alone":
+            return second
+        passages: dict[str, list[dict]] = {}
+        for row in second:
+            passages.setdefault(row["source_id"], []).append(row)
+        drawn: list[dict] = []
+        for source in random.Random(0).sample(sorted(passages), len(passages)):
+            if len(drawn) >= len(rows):
+                break
+            drawn += passages[source]
+        return sorted(drawn, key=lambda row: row["qid"])
+
+    return keep
+
+
 FILTERS = {"overlap<=0.8": copied_at_most(0.8), "random-290": random_share(290), "cropped": cropped(True), "with-cropped": cropped(False),
-           "paraphrases": paraphrases(True), "with-paraphrases": paraphrases(False)}
+           "paraphrases": paraphrases(True), "with-paraphrases": paraphrases(False),
+           "two-per-passage": second_fixture("alone"), "two-per-passage-equal": second_fixture("equal"),
+           "with-two-per-passage": second_fixture("with")}
 """Which queries a recipe's lists are mined and labelled from (the fixture's rows -> the rows used): 290 of the 1,071
 share at most 80% of their terms with their source (the median query shares 93-100% for every type but questions, 73%);
-crops and paraphrases try to make them harder (both through the pipeline's round trip and source rule)."""
+crops and paraphrases try to make them harder (both through the pipeline's round trip and source rule); the second
+fixture tries more passages, and two queries per passage against one at an equal count."""
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "baseline": (BASE, {}),
     "claims-only": ({**BASE, "types": ["claim"]}, {}),
@@ -113,6 +147,10 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "lr3e-5-with-cropped": ({**BASE, "learning_rate": 3e-5}, {"queries": "with-cropped"}),
     "lr3e-5-paraphrases": ({**BASE, "learning_rate": 3e-5}, {"queries": "paraphrases"}),
     "lr3e-5-with-paraphrases": ({**BASE, "learning_rate": 3e-5}, {"queries": "with-paraphrases"}),
+    "lr3e-5-two-per-passage": ({**BASE, "learning_rate": 3e-5}, {"queries": "two-per-passage"}),
+    "lr3e-5-two-per-passage-equal": ({**BASE, "learning_rate": 3e-5}, {"queries": "two-per-passage-equal"}),
+    "lr3e-5-with-two-per-passage": ({**BASE, "learning_rate": 3e-5}, {"queries": "with-two-per-passage"}),
+    "lr1e-4-with-two-per-passage": ({**BASE, "learning_rate": 1e-4}, {"queries": "with-two-per-passage"}),
     "lr3e-5-no-source-rule": ({**BASE, "learning_rate": 3e-5}, {"label.require_source_first": False}),
     "lr3e-5-no-score-cut": ({**BASE, "learning_rate": 3e-5}, {"label.drop_below_percentile": 0.0}),
     "lr3e-5-all-kept": ({**BASE, "learning_rate": 3e-5}, {"label.require_source_first": False, "label.drop_below_percentile": 0.0}),

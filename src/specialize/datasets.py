@@ -583,13 +583,6 @@ def relevant_test_ids(source: str | Path, extra_qrels: Sequence[str | Path] = ()
     return {doc_id for file in files for _, doc_id, score in _qrels_rows(file) if score > 0}
 
 
-# --- dedup and sampling -------------------------------------------------------------------
-
-
-# --- the stage ----------------------------------------------------------------------------
-
-
-
 
 @dataclass
 class Dataset:

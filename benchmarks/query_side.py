@@ -76,6 +76,11 @@ def human_queries(path: Path) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
+def fixture_rows(name: str) -> list[dict]:
+    """The queries of the committed fixture ``benchmarks/data/<name>/queries.jsonl``."""
+    return [json.loads(line) for line in (DATA / name / "queries.jsonl").read_text().splitlines()]
+
+
 def labelled_workdir(dataset: str, source: str, work: Path, extra: dict | None = None, keep=None):
     """Prepare (the whole corpus), the queries, mine and label: the Config of the run, the lists written once.
     ``extra``: more config overrides (e.g. the teacher); ``keep``: which generated queries to use (the records -> those kept)."""
@@ -92,7 +97,7 @@ def labelled_workdir(dataset: str, source: str, work: Path, extra: dict | None =
     if source == "human":
         human_queries(queries)
     else:
-        rows = [json.loads(line) for line in (DATA / dataset / "queries.jsonl").read_text().splitlines()]
+        rows = fixture_rows(dataset)
         queries.write_text("".join(json.dumps(row) + "\n" for row in (keep(rows) if keep else rows)))
     manifests = pipeline.run(start="mine", stop="label")
     return pipeline.config, {stage: manifest["counts"] for stage, manifest in manifests.items()}
@@ -144,9 +149,8 @@ def main() -> None:
 
     work = args.workdir or Path(__file__).parent / ".query-side-work" / f"{args.dataset}-{args.source}"
     work.mkdir(parents=True, exist_ok=True)
-    second = DATA / args.with_fixture / "queries.jsonl" if args.with_fixture else None
-    keep = (lambda rows: rows + [json.loads(line) for line in second.read_text().splitlines()]) if second else None
-    cfg, counts = labelled_workdir(args.dataset, "generated" if second else args.source, work, keep=keep)
+    keep = (lambda rows: rows + fixture_rows(args.with_fixture)) if args.with_fixture else None
+    cfg, counts = labelled_workdir(args.dataset, "generated" if args.with_fixture else args.source, work, keep=keep)
     trained = {name: train_recipe(cfg, name) for name in recipes}
     models = [cfg.train.student, *(str(folder / cfg.train.output) for folder, _ in trained.values())]
     started = time.perf_counter()

@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, print_table, save  # noqa: E402
-from query_side import RECIPES, labelled_workdir, train_recipe  # noqa: E402
+from query_side import RECIPES, fixture_rows, labelled_workdir, train_recipe  # noqa: E402
 
 BASE = RECIPES["query-listwise-t0.05"]
 STUDENT_HEAVY = "ensemble:bi-encoder:bundled:minilm=0.7,bm25=0.3"
@@ -101,8 +101,7 @@ def second_fixture(how: str):
     def keep(rows: list[dict]) -> list[dict]:
         import random
 
-        path = Path(__file__).parent / "data" / TWO_PER_PASSAGE / "queries.jsonl"
-        second = [json.loads(line) for line in path.read_text().splitlines()]
+        second = fixture_rows(TWO_PER_PASSAGE)
         if how == "with":
             return rows + second
         if how == "alone":

@@ -22,7 +22,9 @@ from specialize.stages.generate.stage import GENERATION_DROPS, Mixture, generate
 
 BUNDLED = load_prompt_types()
 # Tiny prompts and replies: gemma-270m on 2 busy cores takes seconds per prompt.
-SMALL = {"few_shot": 1, "passage_tokens": 48, "max_new_tokens": 12}
+ONE = {"queries_per_passage": 1}
+"""One query a passage: the tests below count replies per passage; two per passage (the default) has tests of its own."""
+SMALL = {**ONE, "few_shot": 1, "passage_tokens": 48, "max_new_tokens": 12}
 
 
 def _lines(path):
@@ -257,7 +259,7 @@ DROPPED = {"empty": "empty", "short": "too_short", "long": "too_long", "echo": "
 def test_cleaning_keeps_the_query_and_counts_every_drop_by_reason_and_type(tmp_path):
     docs = [{"_id": f"d-{title}", "title": title, "text": OCTOPUS} for title in SCRIPT]
     work = _write_passages(tmp_path, docs)
-    config = GenerateConfig(types=["question", "msmarco"], type_weights={"msmarco": 3}, block=4, retries=0)
+    config = GenerateConfig(types=["question", "msmarco"], type_weights={"msmarco": 3}, block=4, retries=0, **ONE)
     llm = Scripted(SCRIPT)
     counts = generate(work, config, llm=llm)
     kinds = dict(zip((doc["_id"] for doc in docs), assign_types([doc["_id"] for doc in docs], ["question", "msmarco"], [0.25, 0.75], 42)))
@@ -326,7 +328,7 @@ class Asking(Scripted):
 def test_a_group_of_passages_shows_one_draw_of_examples_per_type(tmp_path):
     docs = [{"_id": f"d{number}", "title": f"T{number}", "text": OCTOPUS} for number in range(12)]
     work = _write_passages(tmp_path / "groups", docs)
-    config = GenerateConfig(types=["question", "keywords"], few_shot_group=6, block=4, retries=0)
+    config = GenerateConfig(types=["question", "keywords"], few_shot_group=6, block=4, retries=0, **ONE)
     llm = Asking()
     generate(work, config, llm=llm)
     kinds = dict(zip((doc["_id"] for doc in docs), assign_types([doc["_id"] for doc in docs], config.types, [0.5, 0.5], 42)))
@@ -354,7 +356,7 @@ def test_a_group_of_passages_shows_one_draw_of_examples_per_type(tmp_path):
 def test_a_generations_file_that_does_not_hold_each_query_once_is_an_error(tmp_path):
     docs = [{"_id": f"d{number}", "title": f"T{number}", "text": OCTOPUS} for number in range(3)]
     work = _write_passages(tmp_path, docs)
-    config = GenerateConfig(types=["question"], retries=0)
+    config = GenerateConfig(types=["question"], retries=0, **ONE)
     generate(work, config, llm=Asking())
     whole = (work / "generations.jsonl").read_text()
     rows = whole.splitlines()
@@ -396,7 +398,7 @@ def test_retries_resample_rejected_replies_and_count_what_they_recover(tmp_path)
     docs = [{"_id": f"d-{title}", "title": title, "text": OCTOPUS} for title in titles]
     work = _write_passages(tmp_path / "retry", docs)
     llm = Flaky(bad={"beta", "delta"}, stubborn={"delta"})
-    counts = generate(work, GenerateConfig(types=["question"], block=4, retries=2), llm=llm)
+    counts = generate(work, GenerateConfig(types=["question"], block=4, retries=2, **ONE), llm=llm)
     first = [passage_seed(42, doc["_id"]) for doc in docs]
     assert llm.seeds == [first, [retry_seed(first[1], 1), retry_seed(first[3], 1)], [retry_seed(first[3], 2)]]
     rows = {row["source_id"]: row for row in _lines(work / "generations.jsonl")}
@@ -407,10 +409,10 @@ def test_retries_resample_rejected_replies_and_count_what_they_recover(tmp_path)
     assert (counts["by_type"]["question"]["retried"], counts["by_type"]["question"]["recovered"]) == (2, 1)
 
     # Without retries the same first replies are dropped; the retries setting is part of the key.
-    plain = generate(work, GenerateConfig(types=["question"], block=4, retries=0), llm=Flaky(bad={"beta", "delta"}))
+    plain = generate(work, GenerateConfig(types=["question"], block=4, retries=0, **ONE), llm=Flaky(bad={"beta", "delta"}))
     assert plain["generated_now"] == 4 and (plain["kept"], plain["retried"], plain["dropped_copies_passage"]) == (2, 0, 2)
     # With retries on, a cleaning threshold decides what is retried: changing it asks the model again.
-    again = generate(work, GenerateConfig(types=["question"], block=4, retries=1, max_copied_words=12), llm=Flaky(bad={"beta"}))
+    again = generate(work, GenerateConfig(types=["question"], block=4, retries=1, max_copied_words=12, **ONE), llm=Flaky(bad={"beta"}))
     assert again["generated_now"] == 4 and again["recovered"] == 1
 
 
@@ -425,7 +427,7 @@ def test_the_title_type_sees_the_passage_without_its_title(tmp_path):
             return ["Where an octopus keeps its neurons"]
 
     for kind in ("title", "question"):
-        generate(_write_passages(tmp_path / kind, docs), GenerateConfig(types=[kind], retries=0), llm=Recorder({}))
+        generate(_write_passages(tmp_path / kind, docs), GenerateConfig(types=[kind], retries=0, **ONE), llm=Recorder({}))
     shown = [text.rsplit("Passage: ", 1)[1] for text in asked.values()]
     assert shown == [f"{OCTOPUS}\nQuery:", f"Octopus neurons. {OCTOPUS}\nQuery:"]
 
@@ -489,7 +491,7 @@ def echo_server():
 def test_openai_backend_end_to_end(echo_server, one_per_type, tmp_path):
     work = _write_passages(tmp_path, one_per_type)
     llm = LLMConfig(backend="openai", base_url=echo_server.url, max_concurrency=2, max_retries=0)
-    counts = generate(work, GenerateConfig(model="served-model", llm=llm, passage_tokens=16, block=4))
+    counts = generate(work, GenerateConfig(model="served-model", llm=llm, passage_tokens=16, block=4, **ONE))
     queries = _lines(work / "queries.jsonl")
     assert counts["kept"] == len(queries) == 6 and counts["generated_now"] == 6
     for doc, query in zip(one_per_type, queries):

@@ -119,10 +119,10 @@ class GenerateConfig(StrictModel):
         "examples, so that they share everything before the passage and llama.cpp or vLLM reads it once; 1: a draw per passage.",
     )
     queries_per_passage: int = Field(
-        1, ge=1, description="Replies sampled from each passage's prompt (GPL samples 3), each with its own seed; the passage is "
+        2, ge=1, description="Replies sampled from each passage's prompt (GPL samples 3), each with its own seed; the passage is "
         "read once for all of them (llama.cpp, vLLM). A reply that repeats an earlier one of its passage is sampled again. "
-        "At 2 on a CPU the stage writes 1.67x the queries/s, but the second query of a passage is the weaker: 2.3 points "
-        "less yield (benchmarks/results/prompts.md, attempt 7).",
+        "2 (with 3 retries) writes 1.67x the queries/s of 1 on a CPU at the same yield (benchmarks/results/prompts.md, attempt 8); "
+        "1 spreads the queries over twice the passages.",
     )
     temperature: float = Field(0.8, ge=0)
     max_new_tokens: int = Field(50, ge=1)
@@ -137,7 +137,7 @@ class GenerateConfig(StrictModel):
         6, ge=2, description="Drop a query that copies this many consecutive words of its prompt: the instructions or the examples shown.",
     )
     retries: int = Field(
-        2, ge=0, description="Sample a prompt again, with a new seed, while its reply would be dropped for itself "
+        3, ge=0, description="Sample a prompt again, with a new seed, while its reply would be dropped for itself "
         "(empty, too short or long, copying the passage, the prompt or an example); on llama.cpp a retry costs only its new tokens.",
     )
     block: int = Field(

@@ -121,7 +121,7 @@ class GenerateConfig(StrictModel):
     queries_per_passage: int = Field(
         2, ge=1, description="Replies sampled from each passage's prompt (GPL samples 3), each with its own seed; the passage is "
         "read once for all of them (llama.cpp, vLLM). A reply that repeats an earlier one of its passage is sampled again. "
-        "2 (with 3 retries) writes 1.67x the queries/s of 1 on a CPU at the same yield (benchmarks/results/prompts.md, attempt 8); "
+        "2 (with 3 retries) writes 1.57x the queries/s of 1 on a CPU, retries counted, at the same yield (benchmarks/results/prompts.md, attempt 8); "
         "1 spreads the queries over twice the passages.",
     )
     temperature: float = Field(0.8, ge=0)
